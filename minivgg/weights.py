@@ -1,0 +1,114 @@
+"""Reading and writing minivgg's converted weights file (HDF5), and finding one.
+
+The file format (documented in docs/weights_format.md):
+
+- one group per layer name (``conv1_1`` ... ``conv5_4``, optionally ``fc6`` ``fc7``
+  ``fc8``) holding datasets ``W`` (float32, (out, in, kh, kw) for convs, (out, in) for fc)
+  and ``b`` (float32, (out,));
+- file attributes: ``arch`` (vgg16|vgg19), ``source_format``, ``source_file``,
+  ``source_sha256``, ``channel_order`` (BGR|RGB), ``scale`` (255 or 1: the value of a
+  white pixel), ``mean`` and ``std`` (3 floats each, in the network's channel order and
+  value scale), ``normalized`` (bool), ``converter_version``.
+"""
+
+import os
+
+import numpy as np
+
+from .errors import MiniVGGError
+
+# The input conventions of the published weights. ``mean``/``std`` are in the
+# network's channel order and value scale: x = (img[..., order] * scale/255 - mean) / std.
+CAFFE = {"channel_order": "BGR", "scale": 255.0, "mean": (103.939, 116.779, 123.68), "std": (1.0, 1.0, 1.0)}
+TORCHVISION = {"channel_order": "RGB", "scale": 1.0, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+MATCONVNET = {"channel_order": "RGB", "scale": 255.0, "mean": (123.68, 116.779, 103.939), "std": (1.0, 1.0, 1.0)}
+
+CONVENTION_KEYS = ("channel_order", "scale", "mean", "std")
+
+
+def read_weights(path):
+    """Load a converted weights file: ``(params, meta)``.
+
+    ``params`` maps layer names to ``(W, b)`` float32 arrays; ``meta`` holds the file's
+    attributes, with ``meta["convention"]`` the input convention dict (keys as ``CAFFE``).
+    """
+    import h5py
+
+    if not os.path.isfile(path):
+        raise MiniVGGError(f"{path}: no such weights file")
+    try:
+        with h5py.File(path, "r") as f:
+            meta = {k: _plain(v) for k, v in f.attrs.items()}
+            params = {}
+            for name in f:
+                grp = f[name]
+                if not isinstance(grp, h5py.Group) or "W" not in grp or "b" not in grp:
+                    continue
+                params[name] = (np.asarray(grp["W"], dtype=np.float32), np.asarray(grp["b"], dtype=np.float32))
+    except MiniVGGError:
+        raise
+    except Exception as e:  # h5py raises OSError/KeyError/ValueError for damaged files
+        raise MiniVGGError(f"{path}: not a readable minivgg weights file ({e})") from None
+    missing = [k for k in CONVENTION_KEYS if k not in meta]
+    if missing:
+        raise MiniVGGError(f"{path}: weights file lacks attribute(s) {', '.join(missing)}; convert it again with weights_tools")
+    meta["convention"] = {
+        "channel_order": str(meta["channel_order"]),
+        "scale": float(meta["scale"]),
+        "mean": tuple(float(v) for v in meta["mean"]),
+        "std": tuple(float(v) for v in meta["std"]),
+    }
+    return params, meta
+
+
+def _plain(v):
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def write_weights(path, params, meta):
+    """Write ``params`` and ``meta`` (attributes, convention keys included) atomically."""
+    import h5py
+
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with h5py.File(tmp, "w") as f:
+            for k, v in meta.items():
+                if k == "convention":
+                    continue
+                f.attrs[k] = v
+            for k in CONVENTION_KEYS:
+                if k in meta.get("convention", {}):
+                    f.attrs[k] = meta["convention"][k]
+            for name, (W, b) in params.items():
+                grp = f.create_group(name)
+                grp.create_dataset("W", data=np.asarray(W, dtype=np.float32))
+                grp.create_dataset("b", data=np.asarray(b, dtype=np.float32))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def cache_dir():
+    """``$MINIVGG_HOME``, default ``~/.cache/minivgg``: where fetched/converted weights live."""
+    return os.environ.get("MINIVGG_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "minivgg")
+
+
+def default_weights_path(arch):
+    """The weights file to use when none is given: ``$MINIVGG_WEIGHTS``, else a converted
+    file for ``arch`` in the cache, else ``None`` (random weights)."""
+    env = os.environ.get("MINIVGG_WEIGHTS")
+    if env:
+        return env
+    d = cache_dir()
+    if os.path.isdir(d):
+        for name in sorted(os.listdir(d)):
+            if name.startswith(arch + "-") and name.endswith(".h5"):
+                return os.path.join(d, name)
+    return None

@@ -1,0 +1,168 @@
+"""Gatys normalization: rescale VGG so every filter's mean activation is 1.
+
+Gatys, Ecker & Bethge (2015, 2016) normalize the network "by scaling the weights such
+that the mean activation of each convolutional filter over images and positions is
+equal to one". Because ReLU and both poolings commute with a positive per-channel
+scale, this changes every layer's output only by that scale:
+
+Let ``F_l = relu(W_l * x_{l-1} + b_l)`` (pooling in between where VGG has it) and
+``m_l[o]`` the mean of ``F_l[o]`` over the images and all positions, measured on the
+*original* network. Define
+
+    W'_l[o, i] = W_l[o, i] * m_{l-1}[i] / m_l[o],      b'_l[o] = b_l[o] / m_l[o],
+
+with ``m_0 = 1`` (the image is unchanged). If the normalized input is
+``x'_{l-1}[i] = x_{l-1}[i] / m_{l-1}[i]`` then ``W'_l * x'_{l-1} + b'_l = (W_l * x_{l-1} + b_l)
+/ m_l`` and, as ``m_l > 0``, ``F'_l = F_l / m_l``; by induction from conv1_1 upward every
+normalized layer is the original divided per channel by its means, whose means are 1.
+So one forward pass of the original network over the images gives all the ``m_l``;
+working "from conv1_1 upward" layer by layer would measure the same numbers.
+
+A dead filter (mean 0 on these images) is left unscaled (``m = 1``), so nothing divides
+by zero. If the classifier is kept, ``fc6`` absorbs ``m_{conv5_last}`` (its columns for
+channel ``c`` are multiplied by ``m[c]``), so fc6-fc8 compute exactly what they did.
+"""
+
+import os
+
+import numpy as np
+
+from minivgg import weights as mw
+from minivgg.errors import MiniVGGError
+
+DEAD = 1e-8
+
+
+def builtin_images():
+    """scikit-image's bundled sample photos (RGB uint8), the default image set."""
+    from skimage import data
+
+    imgs = []
+    for name in ("astronaut", "chelsea", "coffee", "rocket", "retina", "immunohistochemistry"):
+        fn = getattr(data, name, None)
+        if fn is None:
+            continue
+        try:
+            img = fn()
+        except Exception:  # a sample that needs a download (pooch) is skipped
+            continue
+        if img.ndim == 3 and img.shape[2] >= 3:
+            imgs.append(np.ascontiguousarray(img[..., :3]).astype(np.uint8))
+    if not imgs:
+        raise MiniVGGError("no built-in images are available; give --images")
+    return imgs
+
+
+def load_images(paths):
+    from PIL import Image
+
+    imgs = []
+    for p in paths:
+        if os.path.isdir(p):
+            files = sorted(os.path.join(p, f) for f in os.listdir(p)
+                           if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")))
+            if not files:
+                raise MiniVGGError(f"{p}: no images in this directory")
+            imgs.extend(load_images(files))
+            continue
+        try:
+            with Image.open(p) as im:
+                imgs.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+        except FileNotFoundError:
+            raise MiniVGGError(f"{p}: no such image") from None
+        except Exception as e:
+            raise MiniVGGError(f"{p}: not a readable image ({e})") from None
+    return imgs
+
+
+def resize_shorter(img, size):
+    """Resize so the shorter side is ``size`` (aspect kept); ``size`` None keeps it."""
+    if not size:
+        return img
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    s = size / min(h, w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    if (nh, nw) == (h, w):
+        return img
+    return np.asarray(Image.fromarray(img).resize((nw, nh), Image.BICUBIC))
+
+
+def conv_names(params):
+    from .convert import _conv_order
+
+    return sorted((n for n in params if n.startswith("conv")), key=_conv_order)
+
+
+def channel_means(net, images, names):
+    """Mean of each ``relu`` output channel of ``net`` over all ``images`` and positions."""
+    from minivgg.backend import to_host
+
+    relus = ["relu" + n[4:] for n in names]
+    sums = {r: 0.0 for r in relus}
+    count = {r: 0 for r in relus}
+    for img in images:
+        feats = net.forward(net.preprocess(img), relus)
+        for r in relus:
+            F = to_host(feats[r]).astype(np.float64)
+            sums[r] = sums[r] + F.sum(axis=(0, 2, 3))
+            count[r] += F.shape[0] * F.shape[2] * F.shape[3]
+    return {n: sums[r] / count[r] for n, r in zip(names, relus)}
+
+
+def normalized_params(params, means):
+    """Apply the rescaling derived above; returns ``(new params, scales used)``."""
+    names = conv_names(params)
+    out = dict(params)
+    prev = np.ones(3)
+    scales = {}
+    for n in names:
+        W, b = params[n]
+        m = np.asarray(means[n], dtype=np.float64)
+        scale = np.where(m > DEAD, m, 1.0)
+        W2 = W.astype(np.float64) * prev[None, :, None, None] / scale[:, None, None, None]
+        out[n] = (W2.astype(np.float32), (b.astype(np.float64) / scale).astype(np.float32))
+        scales[n] = scale
+        prev = scale
+    if "fc6" in params:
+        W, b = params["fc6"]
+        per = W.shape[1] // prev.size
+        out["fc6"] = ((W.astype(np.float64) * np.repeat(prev, per)[None, :]).astype(np.float32), b)
+    return out, scales
+
+
+def normalize(in_path, out_path, image_paths=None, size=224, pooling="max", device="cpu", log=None):
+    """Normalize the weights in ``in_path`` on the given images (default: the built-in
+    set) and write them to ``out_path``. Returns the per-layer means measured."""
+    import minivgg
+
+    log = log or (lambda msg: None)
+    params, meta = mw.read_weights(in_path)
+    arch = meta.get("arch")
+    if arch not in ("vgg16", "vgg19"):
+        raise MiniVGGError(f"{in_path}: unknown arch {arch!r} in the weights file")
+    images = load_images(image_paths) if image_paths else builtin_images()
+    images = [resize_shorter(im, size) for im in images]
+    log(f"measuring mean activations of {arch} on {len(images)} image(s)")
+    net = minivgg.load_vgg(arch, weights=in_path, pooling=pooling, device=device, keep_classifier=False)
+    names = conv_names(params)
+    means = channel_means(net, images, names)
+    new, scales = normalized_params(params, means)
+    dead = sum(int((np.asarray(means[n]) <= DEAD).sum()) for n in names)
+    if dead:
+        log(f"{dead} filter(s) never fire on these images; left unscaled")
+    out_meta = {k: v for k, v in meta.items() if k != "convention"}
+    out_meta["convention"] = meta["convention"]
+    out_meta["normalized"] = True
+    out_meta["normalize_pooling"] = pooling
+    out_meta["normalize_images"] = len(images)
+    out_meta["normalize_size"] = int(size or 0)
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    if not os.path.isdir(out_dir):
+        raise MiniVGGError(f"{out_path}: the output directory does not exist")
+    try:
+        mw.write_weights(out_path, new, out_meta)
+    except OSError as e:
+        raise MiniVGGError(f"{out_path}: cannot write ({e.strerror or e})") from None
+    return means
