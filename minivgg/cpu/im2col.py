@@ -1,0 +1,157 @@
+"""im2col / col2im and the pooling loops in numba.
+
+im2col unrolls every k x k patch of one image (C, H, W) into a column of the matrix
+``cols`` (C*kh*kw, Ho*Wo), so that a convolution becomes one GEMM:
+``y = W.reshape(Cout, C*kh*kw) @ cols``. col2im is its adjoint: it sums each column
+entry back to the pixel it came from. It is written as a gather (each input pixel
+collects the entries that read it) so that no two threads write the same element.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def im2col(x, kh, kw, stride, pad, Ho, Wo, out):
+    """Fill ``out`` (C*kh*kw, Ho*Wo) with the patches of ``x`` (C, H, W); zero padding."""
+    C, H, W = x.shape
+    for r in prange(C * kh * kw):
+        c = r // (kh * kw)
+        ki = (r // kw) % kh
+        kj = r % kw
+        for oh in range(Ho):
+            i = oh * stride - pad + ki
+            base = oh * Wo
+            if i < 0 or i >= H:
+                for ow in range(Wo):
+                    out[r, base + ow] = 0
+                continue
+            for ow in range(Wo):
+                j = ow * stride - pad + kj
+                if j >= 0 and j < W:
+                    out[r, base + ow] = x[c, i, j]
+                else:
+                    out[r, base + ow] = 0
+
+
+@njit(parallel=True, cache=True)
+def col2im(cols, kh, kw, stride, pad, Ho, Wo, out):
+    """Adjoint of im2col: ``out[c, i, j] = sum of cols entries that im2col read from (c, i, j)``."""
+    C, H, W = out.shape
+    for c in prange(C):
+        for i in range(H):
+            for j in range(W):
+                s = cols[0, 0] * 0
+                for ki in range(kh):
+                    t = i + pad - ki
+                    if t < 0 or t % stride != 0:
+                        continue
+                    oh = t // stride
+                    if oh >= Ho:
+                        continue
+                    for kj in range(kw):
+                        u = j + pad - kj
+                        if u < 0 or u % stride != 0:
+                            continue
+                        ow = u // stride
+                        if ow >= Wo:
+                            continue
+                        s += cols[(c * kh + ki) * kw + kj, oh * Wo + ow]
+                out[c, i, j] = s
+
+
+@njit(parallel=True, cache=True)
+def relu_forward(x, out):
+    flat = x.ravel()
+    o = out.ravel()
+    for i in prange(flat.size):
+        v = flat[i]
+        o[i] = v if v > 0 else 0
+
+
+@njit(parallel=True, cache=True)
+def relu_backward(dy, y, out):
+    d = dy.ravel()
+    yy = y.ravel()
+    o = out.ravel()
+    for i in prange(d.size):
+        o[i] = d[i] if yy[i] > 0 else 0
+
+
+@njit(parallel=True, cache=True)
+def avg_pool_forward(x, k, s, out):
+    """x (P, H, W) -> out (P, Ho, Wo): mean over each k x k window, windows every s pixels."""
+    P, Ho, Wo = out.shape
+    inv = 1.0 / (k * k)
+    for p in prange(P):
+        for oh in range(Ho):
+            for ow in range(Wo):
+                acc = x[p, oh * s, ow * s] * 0
+                for a in range(k):
+                    for b in range(k):
+                        acc += x[p, oh * s + a, ow * s + b]
+                out[p, oh, ow] = acc * inv
+
+
+@njit(parallel=True, cache=True)
+def avg_pool_backward(dy, k, s, out):
+    """Gather: each input pixel sums dy/k^2 over the windows that contain it."""
+    P, H, W = out.shape
+    Ho, Wo = dy.shape[1], dy.shape[2]
+    inv = 1.0 / (k * k)
+    for p in prange(P):
+        for i in range(H):
+            oh_lo = max(0, (i - k + s) // s) if i >= k else 0
+            oh_hi = min(Ho - 1, i // s)
+            for j in range(W):
+                ow_lo = max(0, (j - k + s) // s) if j >= k else 0
+                ow_hi = min(Wo - 1, j // s)
+                acc = dy[p, 0, 0] * 0
+                for oh in range(oh_lo, oh_hi + 1):
+                    for ow in range(ow_lo, ow_hi + 1):
+                        acc += dy[p, oh, ow]
+                out[p, i, j] = acc * inv
+
+
+@njit(parallel=True, cache=True)
+def max_pool_forward(x, k, s, out, arg):
+    """Max over each window; ``arg`` keeps the window offset a*k+b of the first maximum
+    (scanning row by row, as torch does), which is all backward needs."""
+    P, Ho, Wo = out.shape
+    for p in prange(P):
+        for oh in range(Ho):
+            for ow in range(Wo):
+                best = x[p, oh * s, ow * s]
+                bi = 0
+                for a in range(k):
+                    for b in range(k):
+                        v = x[p, oh * s + a, ow * s + b]
+                        if v > best or v != v:
+                            best = v
+                            bi = a * k + b
+                out[p, oh, ow] = best
+                arg[p, oh, ow] = bi
+
+
+@njit(parallel=True, cache=True)
+def max_pool_backward(dy, arg, k, s, out):
+    """Gather: an input pixel receives dy of every window whose chosen maximum it is."""
+    P, H, W = out.shape
+    Ho, Wo = dy.shape[1], dy.shape[2]
+    for p in prange(P):
+        for i in range(H):
+            oh_lo = max(0, (i - k + s) // s) if i >= k else 0
+            oh_hi = min(Ho - 1, i // s)
+            for j in range(W):
+                ow_lo = max(0, (j - k + s) // s) if j >= k else 0
+                ow_hi = min(Wo - 1, j // s)
+                acc = dy[p, 0, 0] * 0
+                for oh in range(oh_lo, oh_hi + 1):
+                    a = i - oh * s
+                    if a >= k:
+                        continue
+                    for ow in range(ow_lo, ow_hi + 1):
+                        b = j - ow * s
+                        if b < k and arg[p, oh, ow] == a * k + b:
+                            acc += dy[p, oh, ow]
+                out[p, i, j] = acc

@@ -1,0 +1,94 @@
+r"""The losses of image synthesis, each returning (value, gradient w.r.t. its input).
+
+Notation (Gatys et al. 2015, 2016): a layer's response F has N filters (channels)
+and M = H * W positions; per image it is the matrix F (N x M).
+
+- Content (Gatys 2016 eq. 1; Mahendran & Vedaldi 2014):
+  ``L = 1/2 sum_ij (F_ij - P_ij)^2``, ``dL/dF = F - P``. (The ReLU's mask, "zero where
+  F < 0", comes from the net's backward when F is a conv output feeding a ReLU.)
+- Gram matrix (Gatys 2015 eq. 2): ``G = F F^T``, ``G_ij = sum_k F_ik F_jk``.
+- Style (Gatys 2016 eq. 4-6): ``E = 1/(4 N^2 M^2) sum_ij (G_ij - A_ij)^2``,
+  ``dE/dF = 1/(N^2 M^2) (G - A) F`` (G and A are symmetric, so this equals the paper's
+  ``((F^T (G - A))^T``).
+- Total variation (Mahendran & Vedaldi 2014 eq. 5), over every pixel (i, j) that has
+  both a right and a lower neighbour, summed over channels:
+  ``R = sum_{c,i,j} ((x[c,i,j+1] - x[c,i,j])^2 + (x[c,i+1,j] - x[c,i,j])^2)^(beta/2)``.
+- Alpha-norm (Mahendran & Vedaldi 2014 eq. 4): ``R = sum |x|^alpha``,
+  ``dR/dx = alpha |x|^(alpha-1) sign(x)``.
+
+docs/losses.md derives each gradient. Everything is written with ``xp`` so it runs on
+numpy and CuPy arrays alike. Values are Python floats, accumulated in float64.
+"""
+
+from .backend import get_array_module
+
+
+def content_loss(F, P):
+    """``1/2 sum (F - P)^2`` and its gradient ``F - P``."""
+    d = F - P
+    return 0.5 * float((d.astype("float64") ** 2).sum()), d
+
+
+def _as_matrices(F):
+    """(N, C, H, W) -> (N, C, H*W); a 3-D (C, H, W) input counts as N = 1."""
+    if F.ndim == 3:
+        F = F[None]
+    return F.reshape(F.shape[0], F.shape[1], -1)
+
+
+def gram_matrix(F):
+    """G = F F^T per image: (N, C, H, W) -> (N, C, C)."""
+    xp = get_array_module(F)
+    Fm = _as_matrices(F)
+    return xp.matmul(Fm, Fm.transpose(0, 2, 1))
+
+
+def style_loss(F, A):
+    """``E = 1/(4 C^2 M^2) sum (G - A)^2`` with G = gram_matrix(F), and dE/dF.
+
+    A: the target Gram matrix, (C, C) (broadcast over the batch) or (N, C, C).
+    """
+    xp = get_array_module(F)
+    Fm = _as_matrices(F)
+    C, M = Fm.shape[1], Fm.shape[2]
+    G = xp.matmul(Fm, Fm.transpose(0, 2, 1))
+    D = G - A
+    scale = 1.0 / (C * C * M * M)
+    value = 0.25 * scale * float((D.astype("float64") ** 2).sum())
+    dF = xp.matmul(D, Fm) * F.dtype.type(scale)
+    return value, dF.reshape(F.shape)
+
+
+def total_variation(x, beta=2.0):
+    """TV^beta over pixels with a right and a lower neighbour, and its gradient.
+
+    With ``dh = x[..., :-1, 1:] - x[..., :-1, :-1]`` and ``dv = x[..., 1:, :-1] -
+    x[..., :-1, :-1]``, ``s = dh^2 + dv^2``: ``R = sum s^(beta/2)`` and, with
+    ``w = beta * s^(beta/2 - 1)``, ``dR/dx`` gets ``-w (dh + dv)`` at (i, j),
+    ``+w dh`` at (i, j+1) and ``+w dv`` at (i+1, j).
+    """
+    xp = get_array_module(x)
+    base = x[..., :-1, :-1]
+    dh = x[..., :-1, 1:] - base
+    dv = x[..., 1:, :-1] - base
+    s = dh * dh + dv * dv
+    if beta == 2.0:
+        value = float(s.astype("float64").sum())
+        w = x.dtype.type(2.0)
+    else:
+        value = float((s.astype("float64") ** (beta / 2)).sum())
+        # s = 0 gives w = 0 for beta >= 2 and is unbounded below; a tiny floor keeps it finite
+        w = beta * xp.maximum(s, x.dtype.type(1e-12)) ** (beta / 2 - 1)
+    g = xp.zeros_like(x)
+    g[..., :-1, :-1] -= w * (dh + dv)
+    g[..., :-1, 1:] += w * dh
+    g[..., 1:, :-1] += w * dv
+    return value, g
+
+
+def alpha_norm(x, alpha=6.0):
+    """``sum |x|^alpha`` and its gradient ``alpha |x|^(alpha-1) sign(x)``."""
+    xp = get_array_module(x)
+    a = xp.abs(x)
+    value = float((a.astype("float64") ** alpha).sum())
+    return value, (alpha * a ** (alpha - 1) * xp.sign(x)).astype(x.dtype)

@@ -1,0 +1,243 @@
+"""VGG-16 / VGG-19 (Simonyan & Zisserman 2014) as a list of hand-written layers.
+
+Both nets are five blocks of 3x3 stride-1 pad-1 convolutions, each followed by a ReLU,
+and a 2x2 stride-2 pooling after every block; VGG-16 has 2, 2, 3, 3, 3 convs per block
+(13 in all), VGG-19 2, 2, 4, 4, 4 (16). The classifier (fc6 25088->4096, fc7
+4096->4096, fc8 4096->1000, ReLU after the first two) is kept only on request: image
+synthesis uses the convolutional part, at any input size.
+
+A ``Net`` owns its weights and the activations its last forward kept for backward.
+``forward(x, layers)`` runs only as deep as the deepest requested layer;
+``backward(grads)`` returns the gradient with respect to the input of
+``sum_l <grads[l], F_l(x)>``: walking from the deepest layer down, the incoming gradient
+of each requested layer is added where that layer's output enters the chain.
+"""
+
+import sys
+
+import numpy as np
+
+from . import weights as weights_mod
+from .backend import array_module_for, get_ops, to_host
+from .errors import MiniVGGError
+from .layers import AvgPool2d, Conv2d, Linear, MaxPool2d, ReLU
+
+BLOCKS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
+WIDTHS = (64, 128, 256, 512, 512)
+FC = (("fc6", 512 * 7 * 7, 4096), ("fc7", 4096, 4096), ("fc8", 4096, 1000))
+
+
+def conv_specs(arch):
+    """[(name, c_in, c_out)] for the conv layers of ``arch``."""
+    if arch not in BLOCKS:
+        raise MiniVGGError(f"unknown architecture {arch!r}; choose vgg16 or vgg19")
+    specs, c_in = [], 3
+    for blk, (n, width) in enumerate(zip(BLOCKS[arch], WIDTHS), start=1):
+        for i in range(1, n + 1):
+            specs.append((f"conv{blk}_{i}", c_in, width))
+            c_in = width
+    return specs
+
+
+def layer_names(arch, keep_classifier=False):
+    """The ordered layer names: conv1_1, relu1_1, ..., pool5 (then fc6 ... fc8)."""
+    names = []
+    for blk, n in enumerate(BLOCKS[arch], start=1):
+        for i in range(1, n + 1):
+            names += [f"conv{blk}_{i}", f"relu{blk}_{i}"]
+        names.append(f"pool{blk}")
+    if keep_classifier:
+        names += ["fc6", "relu6", "fc7", "relu7", "fc8"]
+    return names
+
+
+def random_weights(arch, keep_classifier=False, seed=0):
+    """Deterministic He-initialised weights (normal, std sqrt(2 / fan_in)), zero biases."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, cin, cout in conv_specs(arch):
+        W = rng.standard_normal((cout, cin, 3, 3), dtype=np.float32) * np.float32(np.sqrt(2.0 / (cin * 9)))
+        params[name] = (W, np.zeros(cout, np.float32))
+    if keep_classifier:
+        for name, fin, fout in FC:
+            W = rng.standard_normal((fout, fin), dtype=np.float32) * np.float32(np.sqrt(2.0 / fin))
+            params[name] = (W, np.zeros(fout, np.float32))
+    return params
+
+
+class Net:
+    """A VGG network on one device. Build it with :func:`load_vgg`."""
+
+    def __init__(self, arch, params, pooling="avg", device="cpu", keep_classifier=False, convention=None, source=None):
+        if pooling not in ("avg", "max"):
+            raise MiniVGGError(f"unknown pooling {pooling!r}; choose avg or max")
+        self.arch, self.pooling, self.device = arch, pooling, device
+        self.keep_classifier = keep_classifier
+        self.convention = dict(convention or weights_mod.CAFFE)
+        self.source = source
+        self.ops = get_ops(device)
+        self.xp = array_module_for(device)
+        self.layer_names = layer_names(arch, keep_classifier)
+        self._check_params(params)
+        self.layers = {}
+        for name in self.layer_names:
+            if name.startswith("conv"):
+                W, b = params[name]
+                self.layers[name] = Conv2d(self._dev(W), self._dev(b), 1, 1, ops=self.ops)
+            elif name.startswith("fc"):
+                W, b = params[name]
+                self.layers[name] = Linear(self._dev(W), self._dev(b), ops=self.ops)
+            elif name.startswith("relu"):
+                self.layers[name] = ReLU(ops=self.ops)
+            else:
+                pool = AvgPool2d if pooling == "avg" else MaxPool2d
+                self.layers[name] = pool(2, 2, ops=self.ops)
+        self._index = {n: i for i, n in enumerate(self.layer_names)}
+        self._depth = -1  # index of the deepest layer the last forward computed
+
+    def _dev(self, a):
+        return self.xp.asarray(np.ascontiguousarray(a, dtype=np.float32))
+
+    def _check_params(self, params):
+        expect = {name: ((cout, cin, 3, 3), (cout,)) for name, cin, cout in conv_specs(self.arch)}
+        if self.keep_classifier:
+            expect.update({name: ((fout, fin), (fout,)) for name, fin, fout in FC})
+        for name, (wshape, bshape) in expect.items():
+            if name not in params:
+                what = "classifier layer" if name.startswith("fc") else "layer"
+                raise MiniVGGError(f"weights for {self.arch} lack {what} {name}")
+            W, b = params[name]
+            if tuple(np.shape(W)) != wshape or tuple(np.shape(b)) != bshape:
+                raise MiniVGGError(
+                    f"weights for {name} have shapes W{tuple(np.shape(W))} b{tuple(np.shape(b))}; "
+                    f"{self.arch} needs W{wshape} b{bshape}"
+                )
+
+    def params(self):
+        """{name: (W, b)} as host numpy arrays."""
+        return {n: (to_host(l.W), to_host(l.b)) for n, l in self.layers.items() if l.has_params}
+
+    def check_layers(self, layers):
+        """Validate layer names; raise MiniVGGError listing the valid ones."""
+        if isinstance(layers, str):
+            layers = [layers]
+        layers = list(layers)
+        bad = [l for l in layers if l not in self._index]
+        if bad:
+            raise MiniVGGError(
+                f"unknown layer {', '.join(map(repr, bad))} for {self.arch}"
+                f"{'' if self.keep_classifier else ' (classifier not kept)'}; valid layers: {', '.join(self.layer_names)}"
+            )
+        return layers
+
+    def forward(self, x, layers):
+        """Run ``x`` (N, 3, H, W) up to the deepest of ``layers``; return {name: output}."""
+        layers = self.check_layers(layers)
+        if not layers:
+            raise MiniVGGError("forward needs at least one layer name")
+        x = self.xp.asarray(x)
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise MiniVGGError(f"input must have shape (N, 3, H, W); got {tuple(x.shape)}")
+        if x.dtype not in (np.float32, np.float64):
+            x = x.astype(np.float32)
+        depth = max(self._index[l] for l in layers)
+        for l in self.layers.values():
+            l.clear()
+        wanted, out, h = set(layers), {}, x
+        for i in range(depth + 1):
+            name = self.layer_names[i]
+            if name == "fc6" and h.shape[2:] != (7, 7):
+                raise MiniVGGError(
+                    f"the classifier needs pool5 of 7x7 (a 224x224 input); this input gives pool5 of {h.shape[2]}x{h.shape[3]}"
+                )
+            if name.startswith("pool") and min(h.shape[2:]) < 2:
+                raise MiniVGGError(f"input {x.shape[2]}x{x.shape[3]} is too small to reach {name}; use a larger image")
+            h = self.layers[name].forward(h)
+            if name in wanted:
+                out[name] = h
+        self._depth = depth
+        return out
+
+    def backward(self, grads):
+        """Gradient wrt the last forward's input of ``sum_l <grads[l], F_l(x)>``."""
+        if self._depth < 0:
+            raise RuntimeError("backward called before forward")
+        names = self.check_layers(list(grads))
+        if not names:
+            raise MiniVGGError("backward needs at least one layer gradient")
+        deepest = max(self._index[n] for n in names)
+        if deepest > self._depth:
+            raise MiniVGGError(f"backward from {self.layer_names[deepest]}, but the last forward stopped at {self.layer_names[self._depth]}")
+        g = None
+        for i in range(deepest, -1, -1):
+            name = self.layer_names[i]
+            if name in grads:
+                gi = self.xp.asarray(grads[name])
+                g = gi if g is None else g + gi
+            g = self.layers[name].backward(g)
+        return g
+
+    # --- input convention -------------------------------------------------------
+    def _conv_arrays(self):
+        c = self.convention
+        order = [2, 1, 0] if c["channel_order"] == "BGR" else [0, 1, 2]
+        mean = np.asarray(c["mean"], np.float64)
+        std = np.asarray(c["std"], np.float64)
+        return order, float(c["scale"]) / 255.0, mean, std
+
+    def preprocess(self, img):
+        """uint8 RGB image (H, W, 3) -> x (1, 3, H, W) float32 in the net's input space:
+        channels reordered, scaled to the weights' range, mean subtracted, divided by std."""
+        img = np.asarray(to_host(img))
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise MiniVGGError(f"preprocess needs an RGB image of shape (H, W, 3); got {img.shape}")
+        order, scale, mean, std = self._conv_arrays()
+        x = (img[..., order].astype(np.float64) * scale - mean) / std
+        return self.xp.asarray(np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32))
+
+    def deprocess(self, x):
+        """x (1, 3, H, W) or (3, H, W) -> uint8 RGB image: the inverse of preprocess, clipped."""
+        x = np.asarray(to_host(x), dtype=np.float64)
+        if x.ndim == 4:
+            x = x[0]
+        order, scale, mean, std = self._conv_arrays()
+        img = (x.transpose(1, 2, 0) * std + mean) / scale
+        img = img[..., np.argsort(order)]
+        return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def load_vgg(arch="vgg19", weights=None, pooling="avg", device="cpu", keep_classifier=False, seed=0, convention=None):
+    """Build a VGG-16/19.
+
+    weights: ``None`` (a converted file from ``$MINIVGG_WEIGHTS`` or the cache, else a
+    deterministic random init with a warning), a path to a converted HDF5 file, or a
+    mapping ``{"conv1_1": (W, b), ...}`` (W (out, in, 3, 3); fc6-fc8 W (out, in)).
+    convention: the input convention for a mapping (default Caffe: BGR, 0-255, mean
+    subtracted); a file carries its own.
+    """
+    conv_specs(arch)  # validates arch
+    source = None
+    if weights is None:
+        path = weights_mod.default_weights_path(arch)
+        if path is None:
+            sys.stderr.write(
+                f"minivgg: warning: no pretrained {arch} weights found; using random weights (seed {seed}). "
+                f"Results need pretrained weights: python -m weights_tools fetch {arch}-caffe\n"
+            )
+            params = random_weights(arch, keep_classifier, seed)
+            source = f"random(seed={seed})"
+        else:
+            weights = path
+    if isinstance(weights, (str, bytes)) or hasattr(weights, "__fspath__"):
+        path = str(weights)
+        params, meta = weights_mod.read_weights(path)
+        if meta.get("arch") and meta["arch"] != arch:
+            raise MiniVGGError(f"{path}: holds {meta['arch']} weights, but arch {arch} was asked for")
+        convention = meta["convention"]
+        source = path
+        if keep_classifier and "fc6" not in params:
+            raise MiniVGGError(f"{path}: has no classifier (fc6-fc8); convert with --keep-classifier")
+    elif weights is not None:
+        params = weights
+        source = "mapping"
+    return Net(arch, params, pooling=pooling, device=device, keep_classifier=keep_classifier, convention=convention, source=source)

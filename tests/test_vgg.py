@@ -1,0 +1,226 @@
+"""The whole VGG-16/19 against torch: features at several layers and the gradient of a
+Gatys objective, both poolings, odd sizes; and the Net API's contract."""
+
+import numpy as np
+import pytest
+
+import minivgg
+from conftest import rel_err
+from minivgg import MiniVGGError, load_vgg
+from minivgg.losses import content_loss, gram_matrix, style_loss
+from minivgg.vgg import random_weights
+
+GATYS_STYLE = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+FEATURE_LAYERS = ["conv1_1", "relu1_2", "pool1", "relu2_1", "relu3_1", "conv4_2", "relu4_2", "relu5_1", "pool5"]
+
+
+def _gatys_grads(feats, targets):
+    """The gradients a Gatys objective sends into each layer (content relu4_2 + style)."""
+    grads = {}
+    _, grads["relu4_2"] = content_loss(feats["relu4_2"], targets["relu4_2"])
+    for l in GATYS_STYLE:
+        _, g = style_loss(feats[l], targets[l])
+        grads[l] = g / len(GATYS_STYLE) * 1e3 + grads.get(l, 0)
+    return grads
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("arch", ["vgg16", "vgg19"])
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_net_matches_torch(arch, pooling):
+    torch = pytest.importorskip("torch")
+    from helpers_torch import torch_forward, torch_vgg
+
+    params = random_weights(arch, seed=3)
+    net = load_vgg(arch, weights=params, pooling=pooling)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 3, 37, 45)).astype(np.float32) * 50
+    t = rng.standard_normal((1, 3, 37, 45)).astype(np.float32) * 50
+    wanted = sorted(set(FEATURE_LAYERS + GATYS_STYLE), key=net.layer_names.index)
+
+    tfeat = net.forward(t, wanted)
+    targets = {l: tfeat["relu4_2"] if l == "relu4_2" else gram_matrix(tfeat[l])[0] for l in wanted}
+    feats = net.forward(x, wanted)
+    grads = _gatys_grads(feats, targets)
+    dx = net.backward(grads)
+
+    mods = torch_vgg(arch, params, pooling)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    tf = torch_forward(mods, xt, set(wanted))
+    for l in wanted:
+        assert rel_err(feats[l], tf[l].detach().numpy()) < 1e-5, l
+    loss = 0.5 * ((tf["relu4_2"] - torch.from_numpy(targets["relu4_2"])) ** 2).sum()
+    for l in GATYS_STYLE:
+        F = tf[l][0].reshape(tf[l].shape[1], -1)
+        N, M = F.shape
+        G = F @ F.T
+        loss = loss + 1e3 / len(GATYS_STYLE) * ((G - torch.from_numpy(targets[l])) ** 2).sum() / (4 * N**2 * M**2)
+    (gt,) = torch.autograd.grad(loss, xt)
+    assert rel_err(dx, gt.numpy()) < 1e-4
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize(
+    "pooling, dtype, bound",
+    # Max pooling's gradient jumps where two window elements tie. Deep in a net on a
+    # small image neighbouring activations can agree to ~1e-7, closer than two float32
+    # implementations agree, so the argmax may legitimately differ: max pooling's
+    # gradient is compared in float64, where that cannot happen.
+    [("avg", np.float32, 1e-4), ("max", np.float64, 1e-10)],
+)
+def test_batch_of_two_and_several_sizes(pooling, dtype, bound):
+    torch = pytest.importorskip("torch")
+    from helpers_torch import torch_forward, torch_vgg
+
+    params = random_weights("vgg16", seed=1)
+    net = load_vgg("vgg16", weights=params, pooling=pooling)
+    mods = torch_vgg("vgg16", params, pooling, dtype=torch.float64 if dtype == np.float64 else torch.float32)
+    rng = np.random.default_rng(0)
+    for shape in [(2, 3, 32, 32), (1, 3, 40, 35), (1, 3, 64, 50)]:
+        x = (rng.standard_normal(shape) * 30).astype(dtype)
+        feats = net.forward(x, ["relu3_3", "pool5"])
+        dy = rng.standard_normal(feats["pool5"].shape).astype(dtype)
+        dx = net.backward({"pool5": dy})
+        xt = torch.from_numpy(x).requires_grad_(True)
+        tf = torch_forward(mods, xt, {"relu3_3", "pool5"})
+        (gt,) = torch.autograd.grad(tf["pool5"], xt, torch.from_numpy(dy))
+        assert rel_err(feats["relu3_3"], tf["relu3_3"].detach().numpy()) < min(bound, 1e-5)
+        assert rel_err(dx, gt.numpy()) < bound
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_classifier_matches_torch():
+    """fc6-fc8 at 224x224. Features in float32; the input gradient in float64, because
+    a few of fc6/fc7's 4096 pre-activations sit within float32 rounding of ReLU's kink,
+    where two correct float32 implementations may disagree on the sign and each such
+    unit carries a large share of the gradient."""
+    torch = pytest.importorskip("torch")
+    from helpers_torch import torch_forward, torch_vgg
+
+    params = random_weights("vgg16", keep_classifier=True, seed=2)
+    net = load_vgg("vgg16", weights=params, pooling="max", keep_classifier=True)
+    assert net.layer_names[-5:] == ["fc6", "relu6", "fc7", "relu7", "fc8"]
+    x = np.random.default_rng(1).standard_normal((1, 3, 224, 224)) * 50
+    dy = np.random.default_rng(2).standard_normal((1, 1000))
+    for dtype, tdtype in [(np.float32, torch.float32), (np.float64, torch.float64)]:
+        mods = torch_vgg("vgg16", params, "max", keep_classifier=True, dtype=tdtype)
+        feats = net.forward(x.astype(dtype), ["fc8", "relu7"])
+        xt = torch.from_numpy(x.astype(dtype)).requires_grad_(True)
+        tf = torch_forward(mods, xt, {"fc8", "relu7"})
+        assert rel_err(feats["fc8"], tf["fc8"].detach().numpy()) < 1e-5
+        assert rel_err(feats["relu7"], tf["relu7"].detach().numpy()) < 1e-5
+    dx = net.backward({"fc8": dy})
+    (gt,) = torch.autograd.grad(tf["fc8"], xt, torch.from_numpy(dy))
+    assert rel_err(dx, gt.numpy()) < 1e-10
+    with pytest.raises(MiniVGGError, match="224x224"):
+        net.forward(x[:, :, :100, :100].astype(np.float32), ["fc8"])
+
+
+def test_layer_names_and_depth():
+    net = load_vgg("vgg19", weights=random_weights("vgg19"))
+    names = net.layer_names
+    assert names[:5] == ["conv1_1", "relu1_1", "conv1_2", "relu1_2", "pool1"]
+    assert names[-1] == "pool5" and len(names) == 16 * 2 + 5
+    assert sum(n.startswith("conv") for n in load_vgg("vgg16", weights=random_weights("vgg16")).layer_names) == 13
+    net.forward(np.zeros((1, 3, 16, 16), np.float32), ["relu2_1"])
+    assert net._depth == names.index("relu2_1")
+    assert net.layers["conv3_1"]._cache is None  # nothing deeper was computed
+    with pytest.raises(MiniVGGError, match="last forward stopped"):
+        net.backward({"relu3_1": np.zeros((1, 256, 4, 4), np.float32)})
+
+
+def test_several_layers_gradient_is_the_sum(rng):
+    """backward({a: ga, b: gb}) equals backward({a: ga}) + backward({b: gb})."""
+    net = load_vgg("vgg16", weights=random_weights("vgg16"))
+    x = rng.standard_normal((1, 3, 20, 24)).astype(np.float64)
+    f = net.forward(x, ["relu1_2", "relu3_1"])
+    ga, gb = rng.standard_normal(f["relu1_2"].shape), rng.standard_normal(f["relu3_1"].shape)
+    both = net.backward({"relu1_2": ga, "relu3_1": gb})
+    a = net.backward({"relu1_2": ga})
+    b = net.backward({"relu3_1": gb})
+    assert rel_err(both, a + b) < 1e-12
+
+
+def test_whole_net_finite_differences(rng):
+    """float64 through the whole of VGG-16 to relu3_1, a few input coordinates."""
+    params = {k: (W.astype(np.float64), b + 0.01) for k, (W, b) in random_weights("vgg16", seed=4).items()}
+    net = load_vgg("vgg16", weights=params, pooling="avg")
+    net.layers  # weights are stored as float32; build the float64 check from those values
+    x = rng.standard_normal((1, 3, 12, 10))
+    f = net.forward(x, ["relu3_1"])["relu3_1"]
+    dy = rng.standard_normal(f.shape)
+    dx = net.backward({"relu3_1": dy})
+    obj = lambda z: float((net.forward(z, ["relu3_1"])["relu3_1"] * dy).sum())
+    eps = 1e-6
+    for idx in [(0, 0, 0, 0), (0, 1, 5, 4), (0, 2, 11, 9), (0, 1, 7, 2)]:
+        xp_, xm_ = x.copy(), x.copy()
+        xp_[idx] += eps
+        xm_[idx] -= eps
+        num = (obj(xp_) - obj(xm_)) / (2 * eps)
+        assert abs(num - dx[idx]) <= 1e-6 * max(1.0, abs(num)), (idx, num, dx[idx])
+
+
+def test_preprocess_deprocess_roundtrip(rng):
+    img = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    for conv in [minivgg.weights.CAFFE, minivgg.weights.TORCHVISION]:
+        net = load_vgg("vgg16", weights=random_weights("vgg16"), convention=conv)
+        x = net.preprocess(img)
+        assert x.shape == (1, 3, 9, 7) and x.dtype == np.float32
+        np.testing.assert_array_equal(net.deprocess(x), img)
+    caffe = load_vgg("vgg16", weights=random_weights("vgg16")).preprocess(img)
+    np.testing.assert_allclose(caffe[0, 0], img[..., 2] - 103.939, rtol=1e-6)  # BGR, mean subtracted
+
+
+def test_random_init_is_deterministic_and_warns(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("MINIVGG_HOME", str(tmp_path))
+    monkeypatch.delenv("MINIVGG_WEIGHTS", raising=False)
+    a = load_vgg("vgg16", seed=3)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "random weights" in err and "pretrained" in err
+    b = load_vgg("vgg16", seed=3)
+    c = load_vgg("vgg16", seed=4)
+    np.testing.assert_array_equal(a.params()["conv3_1"][0], b.params()["conv3_1"][0])
+    assert not np.array_equal(a.params()["conv3_1"][0], c.params()["conv3_1"][0])
+
+
+def test_weights_file_roundtrip_and_default_lookup(tmp_path, monkeypatch):
+    from minivgg.weights import TORCHVISION, write_weights
+
+    params = random_weights("vgg16", seed=9)
+    path = tmp_path / "vgg16-test.h5"
+    write_weights(str(path), params, {"arch": "vgg16", "convention": TORCHVISION, "normalized": False})
+    net = load_vgg("vgg16", weights=str(path))
+    assert net.convention["channel_order"] == "RGB"
+    np.testing.assert_array_equal(net.params()["conv5_3"][0], params["conv5_3"][0])
+    monkeypatch.setenv("MINIVGG_HOME", str(tmp_path))
+    monkeypatch.delenv("MINIVGG_WEIGHTS", raising=False)
+    assert load_vgg("vgg16").source == str(path)
+    with pytest.raises(MiniVGGError, match="vgg16 weights"):
+        load_vgg("vgg19", weights=str(path))
+
+
+def test_bad_input_raises_project_error():
+    params = random_weights("vgg16")
+    net = load_vgg("vgg16", weights=params)
+    with pytest.raises(MiniVGGError, match="valid layers: conv1_1"):
+        net.forward(np.zeros((1, 3, 8, 8), np.float32), ["relu9_9"])
+    with pytest.raises(MiniVGGError, match="too small"):
+        net.forward(np.zeros((1, 3, 8, 8), np.float32), ["pool4"])
+    with pytest.raises(MiniVGGError, match="unknown architecture"):
+        load_vgg("vgg11", weights=params)
+    with pytest.raises(MiniVGGError, match="pooling"):
+        load_vgg("vgg16", weights=params, pooling="median")
+    bad = dict(params)
+    del bad["conv4_2"]
+    with pytest.raises(MiniVGGError, match="conv4_2"):
+        load_vgg("vgg16", weights=bad)
+    bad = dict(params, conv2_1=(np.zeros((128, 3, 3, 3), np.float32), np.zeros(128, np.float32)))
+    with pytest.raises(MiniVGGError, match="conv2_1"):
+        load_vgg("vgg16", weights=bad)
+    with pytest.raises(MiniVGGError, match="classifier"):
+        load_vgg("vgg16", weights=params, keep_classifier=True)
+    with pytest.raises(MiniVGGError, match="no such weights file"):
+        load_vgg("vgg16", weights="/nonexistent/w.h5")
+    with pytest.raises(MiniVGGError, match="unknown device"):
+        load_vgg("vgg16", weights=params, device="tpu")
