@@ -84,6 +84,13 @@ class KernelOps:
         return self.xp.ascontiguousarray(a, dtype=dtype)
 
     @staticmethod
+    def _same_shape(what, a, b):
+        """A kernel trusts the sizes it is given: a mismatch would read or write out of bounds."""
+        a, b = tuple(getattr(a, "shape", a)), tuple(getattr(b, "shape", b))
+        if a != b:
+            raise ValueError(f"{what}: shapes {a} and {b} differ")
+
+    @staticmethod
     def _real(dtype, value):
         return np.dtype(dtype).type(value)
 
@@ -140,7 +147,8 @@ class KernelOps:
         x, W, stride, pad = cache
         N, C, H, Wd = x.shape
         F, _, kh, kw = W.shape
-        Ho, Wo = dy.shape[2], dy.shape[3]
+        Ho, Wo = _out_size(H, kh, stride, pad), _out_size(Wd, kw, stride, pad)
+        self._same_shape("conv2d_backward", dy, (N, F, Ho, Wo))
         P = Ho * Wo
         dt = x.dtype
         W2 = self._c(W.reshape(F, -1), dt)
@@ -171,6 +179,7 @@ class KernelOps:
         return y
 
     def relu_backward(self, dy, y):
+        self._same_shape("relu_backward", dy, y)
         y = self._c(y, y.dtype)
         dy = self._c(dy, y.dtype)
         dx = self.xp.empty_like(y)
@@ -194,8 +203,9 @@ class KernelOps:
 
     def avg_pool2d_backward(self, dy, x_shape, k, s):
         N, C, H, W = x_shape
+        Ho, Wo = (H - k) // s + 1, (W - k) // s + 1
+        self._same_shape("avg_pool2d_backward", dy, (N, C, Ho, Wo))
         dy = self._c(dy, dy.dtype)
-        Ho, Wo = dy.shape[2], dy.shape[3]
         dx = self.xp.empty((N, C, H, W), dtype=dy.dtype)
         i32 = np.int32
         self.launch(self._pool("avg_pool_backward", dy.dtype, k, s), dx.size,
@@ -215,8 +225,9 @@ class KernelOps:
 
     def max_pool2d_backward(self, dy, cache):
         arg, (N, C, H, W), k, s = cache
+        self._same_shape("max_pool2d_backward", dy, arg)
         dy = self._c(dy, dy.dtype)
-        Ho, Wo = dy.shape[2], dy.shape[3]
+        Ho, Wo = arg.shape[2], arg.shape[3]
         dx = self.xp.empty((N, C, H, W), dtype=dy.dtype)
         i32 = np.int32
         self.launch(self._pool("max_pool_backward", dy.dtype, k, s), dx.size,
@@ -250,6 +261,7 @@ class KernelOps:
 
     def content_loss(self, F, P):
         """``1/2 sum (F - P)^2`` and ``F - P``."""
+        self._same_shape("content_loss", F, P)
         F = self._c(F, F.dtype)
         P = self._c(P, F.dtype)
         d = self.xp.empty_like(F)
@@ -328,6 +340,8 @@ class KernelOps:
         x, m, v must be C-contiguous arrays of one dtype (the kernel writes them).
         """
         dt = x.dtype
+        for name, a in (("g", g), ("m", m), ("v", v)):
+            self._same_shape(f"adam_update: x and {name}", x, a)
         r = lambda val: self._real(dt, val)  # noqa: E731
         g = self._c(g, dt)
         step = lr / (1 - b1**k)
@@ -339,6 +353,8 @@ class KernelOps:
     def sgd_update(self, x, g, buf, lr, momentum=0.9, first=False):
         """One SGD-with-momentum step on x and buf in place; returns x."""
         dt = x.dtype
+        self._same_shape("sgd_update: x and g", x, g)
+        self._same_shape("sgd_update: x and buf", x, buf)
         g = self._c(g, dt)
         self.launch(self.kernel("optim", "sgd_update", dt), x.size, x, g, buf,
                     self._real(dt, lr), self._real(dt, momentum), np.int32(bool(first)), np.int64(x.size))

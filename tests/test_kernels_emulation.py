@@ -1,0 +1,220 @@
+"""The emulation harness itself: the kernels' sources obey the rules that let a CPU
+run them, the launcher checks every argument against the kernel's C signature, the
+compiled libraries are cached, and the whole kernel set runs clean under
+AddressSanitizer + UndefinedBehaviorSanitizer (built with -fsanitize=address,undefined)."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minivgg import MiniVGGError
+from minivgg.gpu import emulate, get_ops, sources
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNELS = ROOT / "kernels"
+CU_FILES = sorted(KERNELS.glob("*.cu"))
+
+
+def test_kernel_sources_present():
+    assert {p.stem for p in CU_FILES} >= {"conv", "bias", "relu", "pool", "losses", "optim"}
+    assert sources.kernels_dir() == KERNELS
+    assert sources.kernel_files() == [p.stem for p in CU_FILES]
+
+
+@pytest.mark.parametrize("path", CU_FILES, ids=lambda p: p.name)
+def test_kernel_source_rules(path):
+    """No host headers, no shared memory, barriers or atomics; extern "C" grid-stride kernels."""
+    text = path.read_text()
+    code = re.sub(r"//[^\n]*", "", text)  # the rules apply to code, not to comments
+    assert re.findall(r'#\s*include\s*[<"]([^>"]+)', code) == ["common.cuh"]
+    for banned in ("__shared__", "__syncthreads", "atomic", "printf", "malloc"):
+        assert banned not in code, banned
+    kernels = sources.kernel_names(text)
+    assert kernels and len(re.findall(r"__global__", code)) == len(kernels)
+    assert code.count("GRID_STRIDE_LOOP(") == len(kernels)  # every kernel is one grid-stride loop
+
+
+def test_kernel_source_expansion():
+    src = sources.kernel_source("pool", (("POOL_K", 3), ("POOL_S", 2)))
+    assert src.startswith("#define POOL_K 3\n#define POOL_S 2\n")
+    assert "#include" not in src and "MINIVGG_COMMON_CUH" in src
+    assert sources.kernel_names(src) == ["avg_pool_forward", "avg_pool_backward", "max_pool_forward", "max_pool_backward"]
+
+
+def test_emulated_signature_checks():
+    ops = get_ops("emulated")
+    k = ops.kernel("relu", "relu_forward", np.float32)
+    assert k.signature == "FFq" and k.writable == "rwr"
+    x, y = np.ones(10, np.float32), np.empty(10, np.float32)
+    k((1,), (32,), (x, y, np.int64(10)))
+    np.testing.assert_array_equal(y, x)
+    with pytest.raises(TypeError, match="int64"):
+        k((1,), (32,), (x, y, 10))  # a Python int: CuPy would pass it as a different C type
+    with pytest.raises(TypeError, match="int64"):
+        k((1,), (32,), (x, y, np.int32(10)))
+    with pytest.raises(TypeError, match="float32"):
+        k((1,), (32,), (x.astype(np.float64), y, np.int64(10)))
+    with pytest.raises(TypeError, match="arguments"):
+        k((1,), (32,), (x, y))
+    with pytest.raises(ValueError, match="contiguous"):
+        k((1,), (32,), (np.ones(20, np.float32)[::2], y, np.int64(10)))
+    y.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        k((1,), (32,), (x, y, np.int64(10)))
+    y2 = np.empty(10, np.float32)
+    for grid, block in [((0,), (32,)), ((1,), (0,)), ((1,), (2048,)), ((1,), (32, 32, 2))]:
+        with pytest.raises(ValueError, match="launch configuration"):
+            k(grid, block, (x, y2, np.int64(10)))
+
+
+def test_emulated_multidimensional_grid():
+    """blockIdx/threadIdx follow CUDA's x-fastest order; a 1-D kernel sees only x."""
+    ops = get_ops("emulated")
+    k = ops.kernel("relu", "relu_forward", np.float32)
+    x, y = np.arange(1, 50, dtype=np.float32), np.zeros(49, np.float32)
+    k((2, 3), (4, 2), (x, y, np.int64(49)))  # gridDim.x * blockDim.x = 8 threads stride the data
+    np.testing.assert_array_equal(y, x)
+
+
+def test_emulated_modules_are_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVGG_EMULATE_CACHE", str(tmp_path))
+    a = emulate.build("relu", (("MINIVGG_REAL", "float"),), sanitize=False)
+    mtime = a.stat().st_mtime_ns
+    b = emulate.build("relu", (("MINIVGG_REAL", "float"),), sanitize=False)
+    c = emulate.build("relu", (("MINIVGG_REAL", "double"),), sanitize=False)
+    assert a == b and a.stat().st_mtime_ns == mtime and c != a
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".so", ".so"]  # no leftovers
+
+
+def _bad_kernels(tmp_path, body):
+    d = tmp_path / "kernels"
+    d.mkdir()
+    shutil.copy(KERNELS / "common.cuh", d)
+    (d / "bad.cu").write_text('#include "common.cuh"\n' + textwrap.dedent(body))
+    return d
+
+
+def test_emulated_refuses_shared_memory(tmp_path, monkeypatch):
+    """__shared__/__syncthreads are left undefined, so a kernel that needs them cannot be emulated wrongly."""
+    d = _bad_kernels(tmp_path, """
+        extern "C" __global__ void reduce(const real* x, real* y) {
+            __shared__ real buf[32];
+            buf[threadIdx.x] = x[threadIdx.x];
+            __syncthreads();
+            y[0] = buf[0];
+        }
+        """)
+    monkeypatch.setenv("MINIVGG_KERNELS_DIR", str(d))
+    monkeypatch.setenv("MINIVGG_EMULATE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(MiniVGGError, match="emulation build failed"):
+        emulate.build("bad", (), sanitize=False)
+
+
+def _sanitized_env(tmp_path):
+    if sys.platform != "linux":
+        pytest.skip("the sanitizer run preloads the ASan runtime, which needs Linux")
+    cxx = shutil.which(os.environ.get("CXX", "g++"))
+    if cxx is None:
+        pytest.skip("no C++ compiler (g++ or $CXX) for the emulation")
+    asan = subprocess.run([cxx, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    if not os.path.isabs(asan) or not os.path.exists(asan):
+        pytest.skip(f"{cxx} has no AddressSanitizer runtime (libasan.so)")
+    env = dict(os.environ)
+    env.update(
+        LD_PRELOAD=asan,  # the ASan runtime must be loaded before anything else
+        ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",  # the Python interpreter itself leaks by design
+        UBSAN_OPTIONS="print_stacktrace=1",
+        MINIVGG_EMULATE_SANITIZE="1",
+        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    return env
+
+
+SANITIZED_SCRIPT = """
+import sys
+import numpy as np
+from minivgg.gpu import get_ops
+
+out = {}
+rng = np.random.default_rng(7)
+for dt in (np.float32, np.float64):
+    o = get_ops("emulated", threads=7, max_blocks=3)
+    x = rng.standard_normal((2, 3, 7, 5)).astype(dt)
+    W = rng.standard_normal((4, 3, 3, 3)).astype(dt)
+    b = rng.standard_normal(4).astype(dt)
+    for s, p in [(1, 1), (2, 0)]:
+        y, c = o.conv2d_forward(x, W, b, s, p, {})
+        out[f"conv{s}{p}{dt.__name__}"] = y
+        out[f"dconv{s}{p}{dt.__name__}"] = o.conv2d_backward(y, c, True)[0]
+    r = o.relu_forward(y)
+    out["relu" + dt.__name__] = o.relu_backward(y * 3, r)
+    yr, _ = o.conv2d_relu_forward(x, W, b, 1, 1, {})
+    for k, s in [(2, 2), (3, 2), (2, 1)]:
+        a = o.avg_pool2d_forward(x, k, s)
+        out[f"avg{k}{s}{dt.__name__}"] = o.avg_pool2d_backward(a, x.shape, k, s)
+        m, mc = o.max_pool2d_forward(x, k, s)
+        out[f"max{k}{s}{dt.__name__}"] = o.max_pool2d_backward(m, mc)
+    out["lin" + dt.__name__] = o.linear_forward(x.reshape(2, -1), rng.standard_normal((6, 105)).astype(dt), b[:1].repeat(6))
+    for beta in (2.0, 1.5):
+        out[f"tv{beta}{dt.__name__}"] = o.total_variation(x, beta)[1]
+    out["style" + dt.__name__] = o.style_loss(x, np.eye(3, dtype=dt), mask=True)[1]
+    out["content" + dt.__name__] = o.content_loss(x, x * 2)[1]
+    out["alpha" + dt.__name__] = o.alpha_norm(x, 6.0)[1]
+    z, m, v = x.copy(), np.zeros_like(x), np.zeros_like(x)
+    o.adam_update(z, x, m, v, 1, 0.1)
+    o.sgd_update(z, x, m, 0.1, 0.9, first=True)
+    out["optim" + dt.__name__] = z
+np.savez(sys.argv[1], **out)
+print("sanitized run ok")
+"""
+
+
+def test_emulated_kernels_under_sanitizers(tmp_path):
+    """Every kernel, both element types, odd shapes, a wrapping grid: no ASan/UBSan report,
+    and the same numbers as the unsanitized (-O2) build."""
+    env = _sanitized_env(tmp_path)
+    script = tmp_path / "run.py"
+    script.write_text(SANITIZED_SCRIPT)
+    res = tmp_path / "out.npz"
+    proc = subprocess.run([sys.executable, str(script), str(res)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "sanitized run ok" in proc.stdout, proc.stderr[-4000:]
+    assert "AddressSanitizer" not in proc.stderr and "runtime error" not in proc.stderr, proc.stderr[-4000:]
+    # the same script without sanitizers, in this process
+    ns = {}
+    sys_argv = sys.argv
+    try:
+        sys.argv = ["run.py", str(tmp_path / "plain.npz")]
+        exec(compile(SANITIZED_SCRIPT, "run.py", "exec"), ns)
+    finally:
+        sys.argv = sys_argv
+    a, b = np.load(res), np.load(tmp_path / "plain.npz")
+    assert sorted(a.files) == sorted(b.files)
+    for k in a.files:
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_emulated_sanitizer_catches_overflow(tmp_path):
+    """The sanitized harness is not blind: a kernel that writes one element too far is reported."""
+    env = _sanitized_env(tmp_path)
+    d = _bad_kernels(tmp_path, """
+        extern "C" __global__ void off_by_one(real* y, long long n) {
+            GRID_STRIDE_LOOP(i, n + 1) { y[i] = 1; }
+        }
+        """)
+    env["MINIVGG_KERNELS_DIR"] = str(d)
+    env["MINIVGG_EMULATE_CACHE"] = str(tmp_path / "cache")
+    script = (
+        "import numpy as np\nfrom minivgg.gpu import emulate\n"
+        "k = emulate.load_module('bad', (('MINIVGG_REAL', 'float'),)).get_function('off_by_one')\n"
+        "y = np.zeros(37, np.float32)\nk((3,), (7,), (y, np.int64(37)))\nprint('not caught')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "not caught" not in proc.stdout
+    assert "heap-buffer-overflow" in proc.stderr, proc.stderr[-3000:]
