@@ -1,0 +1,212 @@
+#!/usr/bin/env python
+"""Time one Gatys style-transfer iteration: minivgg vs PyTorch, interleaved, same machine.
+
+One iteration = VGG-19 (average pooling) forward to relu1_1 relu2_1 relu3_1 relu4_1
+relu4_2 relu5_1, the content loss (relu4_2) and the five style losses, and backward to
+the image. Each implementation runs in its own worker process (so peak memory is its
+own: VmHWM of the worker), and the parent interleaves the two: one minivgg iteration,
+one torch iteration, and so on. Prints medians after warm-up, the ratio, and peak RSS.
+
+    python scripts/bench.py                    # 256 and 512, 7 repeats
+    python scripts/bench.py --sizes 256 --repeats 5 --arch vgg16
+    python scripts/bench.py --device gpu       # CuPy vs torch CUDA, when both are present
+"""
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+CONTENT = "relu4_2"
+STYLE = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+LAYERS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]
+
+
+def _peak_rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _inputs(size, seed=0):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((1, 3, size, size)) * 50).astype(np.float32)
+    t = (rng.standard_normal((1, 3, size, size)) * 50).astype(np.float32)
+    return x, t
+
+
+def _minivgg_worker(conn, arch, size, device):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from minivgg import load_vgg
+    from minivgg.losses import content_loss, gram_matrix, style_loss
+    from minivgg.vgg import random_weights
+
+    net = load_vgg(arch, weights=random_weights(arch), pooling="avg", device=device)
+    xp = net.xp
+    x, t = (xp.asarray(a) for a in _inputs(size))
+    tf = net.forward(t, LAYERS)
+    targets = {l: gram_matrix(tf[l])[0] for l in STYLE}
+    P = tf[CONTENT].copy()
+    del tf
+
+    def step():
+        f = net.forward(x, LAYERS)
+        grads = {}
+        loss, grads[CONTENT] = content_loss(f[CONTENT], P)
+        for l in STYLE:
+            v, g = style_loss(f[l], targets[l])
+            loss += 1e3 / len(STYLE) * v
+            g *= 1e3 / len(STYLE)
+            grads[l] = g if l not in grads else grads[l] + g
+        dx = net.backward(grads)
+        if device == "gpu":
+            xp.cuda.Device().synchronize()
+        return loss, dx
+
+    _serve(conn, step)
+
+
+def _torch_worker(conn, arch, size, device):
+    import torch
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from minivgg.vgg import layer_names, random_weights
+
+    dev = "cuda" if device == "gpu" else "cpu"
+    params = random_weights(arch)
+    mods = []
+    for name in layer_names(arch):
+        if name.startswith("conv"):
+            W, b = params[name]
+            m = torch.nn.Conv2d(W.shape[1], W.shape[0], 3, 1, 1)
+            with torch.no_grad():
+                m.weight.copy_(torch.from_numpy(W))
+                m.bias.copy_(torch.from_numpy(b))
+        elif name.startswith("relu"):
+            m = torch.nn.ReLU()
+        else:
+            m = torch.nn.AvgPool2d(2, 2)
+        m.requires_grad_(False)
+        mods.append((name, m.to(dev)))
+    last = max(i for i, (n, _) in enumerate(mods) if n in LAYERS)
+    mods = mods[: last + 1]
+
+    def feats(x):
+        out, h = {}, x
+        for name, m in mods:
+            h = m(h)
+            if name in LAYERS:
+                out[name] = h
+        return out
+
+    def gram(F):
+        F = F.reshape(F.shape[1], -1)
+        return F @ F.T
+
+    x, t = (torch.from_numpy(a).to(dev) for a in _inputs(size))
+    with torch.no_grad():
+        tf = feats(t)
+        targets = {l: gram(tf[l]) for l in STYLE}
+        P = tf[CONTENT].clone()
+        del tf
+
+    def step():
+        xx = x.clone().requires_grad_(True)
+        f = feats(xx)
+        loss = 0.5 * ((f[CONTENT] - P) ** 2).sum()
+        for l in STYLE:
+            N, M = f[l].shape[1], f[l].shape[2] * f[l].shape[3]
+            loss = loss + 1e3 / len(STYLE) * ((gram(f[l]) - targets[l]) ** 2).sum() / (4 * N * N * M * M)
+        (dx,) = torch.autograd.grad(loss, xx)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        return float(loss.detach()), dx
+
+    _serve(conn, step)
+
+
+def _serve(conn, step):
+    conn.send("ready")
+    while True:
+        cmd = conn.recv()
+        if cmd == "stop":
+            conn.send(_peak_rss_mb())
+            return
+        t0 = time.perf_counter()
+        loss, _ = step()
+        conn.send((time.perf_counter() - t0, float(loss)))
+
+
+def bench_size(arch, size, repeats, warmup, device, with_torch):
+    ctx = mp.get_context("spawn")
+    workers = {"minivgg": _minivgg_worker}
+    if with_torch:
+        workers["torch"] = _torch_worker
+    procs, conns = {}, {}
+    for name, fn in workers.items():
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=fn, args=(child, arch, size, device), daemon=True)
+        p.start()
+        procs[name], conns[name] = p, parent
+    for name, c in conns.items():
+        assert c.recv() == "ready", name
+    times = {n: [] for n in workers}
+    losses = {}
+    for r in range(warmup + repeats):
+        for name, c in conns.items():  # interleaved: one of each per round
+            c.send("go")
+            dt, loss = c.recv()
+            losses[name] = loss
+            if r >= warmup:
+                times[name].append(dt)
+    peaks = {}
+    for name, c in conns.items():
+        c.send("stop")
+        peaks[name] = c.recv()
+        procs[name].join()
+    return {n: (statistics.median(ts), peaks[n], losses[n]) for n, ts in times.items()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="256,512", help="comma-separated image sizes (square), default 256,512")
+    ap.add_argument("--repeats", type=int, default=7, help="timed iterations per implementation (median reported)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed iterations first (JIT compile, caches)")
+    ap.add_argument("--arch", default="vgg19", choices=["vgg16", "vgg19"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu: CuPy vs torch CUDA")
+    ap.add_argument("--no-torch", action="store_true", help="time minivgg alone")
+    args = ap.parse_args(argv)
+    with_torch = not args.no_torch
+    if with_torch:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            print("torch not installed: timing minivgg alone", file=sys.stderr)
+            with_torch = False
+    import platform
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; device {args.device}; {args.arch}, avg pooling")
+    print(f"one iteration = forward to {', '.join(LAYERS)} + content/style losses + backward to the image")
+    print(f"median of {args.repeats} after {args.warmup} warm-up, interleaved\n")
+    hdr = f"{'size':>5} | {'minivgg s/iter':>14} | {'torch s/iter':>12} | {'ratio':>6} | {'minivgg peak MB':>15} | {'torch peak MB':>13} | loss rel diff"
+    print(hdr)
+    print("-" * len(hdr))
+    for size in [int(s) for s in args.sizes.split(",")]:
+        res = bench_size(args.arch, size, args.repeats, args.warmup, args.device, with_torch)
+        m = res["minivgg"]
+        if with_torch:
+            t = res["torch"]
+            print(f"{size:>5} | {m[0]:>14.3f} | {t[0]:>12.3f} | {m[0] / t[0]:>6.2f} | {m[1]:>15.0f} | {t[1]:>13.0f} | {abs(m[2] - t[2]) / abs(t[2]):.1e}")
+        else:
+            print(f"{size:>5} | {m[0]:>14.3f} | {'-':>12} | {'-':>6} | {m[1]:>15.0f} | {'-':>13} |")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
