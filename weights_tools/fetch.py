@@ -14,6 +14,7 @@ the file name -- for a mirror, or for tests serving files on 127.0.0.1.
 """
 
 import hashlib
+import http.client
 import os
 import re
 import urllib.error
@@ -194,7 +195,7 @@ def _download(url, dest, entry, progress, log):
             resp = None
         else:
             raise MiniVGGError(f"{url}: download failed (HTTP {e.code} {e.reason})") from None
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
         reason = getattr(e, "reason", e)
         raise MiniVGGError(f"{url}: download failed ({reason})") from None
     if resp is not None:
@@ -212,7 +213,7 @@ def _download(url, dest, entry, progress, log):
                     while True:
                         try:
                             block = resp.read(CHUNK)
-                        except (OSError, ValueError) as e:  # connection reset, IncompleteRead
+                        except (OSError, ValueError, http.client.HTTPException) as e:  # connection reset, IncompleteRead
                             raise MiniVGGError(
                                 f"{url}: download interrupted after {got} bytes ({type(e).__name__}); run the command again to resume"
                             ) from None
