@@ -1,0 +1,190 @@
+"""The whole network through the public switch ``device="emulated"``: the GPU code
+path (KernelOps, the same launch code and the same kernels/*.cu) with every kernel
+run by the CPU emulation, against the numpy backend and against torch; and a few
+style-transfer steps through it."""
+
+import numpy as np
+import pytest
+
+from conftest import rel_err
+from minivgg import load_vgg
+from minivgg.gpu import get_ops
+from minivgg.gpu.ops import KernelOps
+from minivgg.losses import content_loss, gram_matrix, style_loss
+from minivgg.vgg import random_weights
+
+STYLE = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+WANTED = ["conv1_1", "relu1_2", "pool1", "relu2_1", "relu3_1", "conv4_2", "relu4_2", "relu5_1", "pool5"]
+SHAPE = (1, 3, 37, 45)  # odd sizes; pool5 is 1x1
+
+
+def _objective_grads(feats, targets):
+    grads = {"relu4_2": content_loss(feats["relu4_2"], targets["relu4_2"])[1]}
+    for l in STYLE:
+        g = style_loss(feats[l], targets[l])[1] * (1e3 / len(STYLE))
+        grads[l] = grads[l] + g if l in grads else g
+    return grads
+
+
+@pytest.fixture(scope="module")
+def weights():
+    return {arch: random_weights(arch, seed=3) for arch in ("vgg16", "vgg19")}
+
+
+def test_emulated_device_uses_the_kernel_backend(weights):
+    net = load_vgg("vgg16", weights=weights["vgg16"], device="emulated")
+    assert isinstance(net.ops, KernelOps) and net.ops.kind == "emulated" and net.xp is np
+    assert net.device == "emulated"
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "vgg19"])
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_emulated_vgg_matches_numpy_backend(weights, arch, pooling):
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal(SHAPE) * 40).astype(np.float32)
+    out = {}
+    for device in ("cpu", "emulated"):
+        net = load_vgg(arch, weights=weights[arch], pooling=pooling, device=device)
+        feats = net.forward(x, WANTED)
+        dy = {l: np.random.default_rng(2).standard_normal(feats[l].shape).astype(np.float32) for l in ("relu3_1", "pool5")}
+        out[device] = feats, net.backward(dy)
+    for l in WANTED:
+        assert rel_err(out["emulated"][0][l], out["cpu"][0][l]) < 1e-5, l
+    assert rel_err(out["emulated"][1], out["cpu"][1]) < 1e-5
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("arch", ["vgg16", "vgg19"])
+@pytest.mark.parametrize(
+    "pooling, dtype, bound",
+    # max pooling's gradient is compared in float64 too: see tests/test_vgg.py on near-ties
+    [("avg", np.float32, 1e-4), ("max", np.float32, 1e-4), ("max", np.float64, 1e-10)],
+)
+def test_emulated_vgg_matches_torch(weights, arch, pooling, dtype, bound):
+    torch = pytest.importorskip("torch")
+    from helpers_torch import torch_forward, torch_vgg
+
+    params = weights[arch]
+    net = load_vgg(arch, weights=params, pooling=pooling, device="emulated")
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(SHAPE) * 50).astype(dtype)
+    t = (rng.standard_normal(SHAPE) * 50).astype(dtype)
+    wanted = sorted(set(WANTED + STYLE), key=net.layer_names.index)
+    tfeat = net.forward(t, wanted)
+    targets = {l: tfeat[l] if l == "relu4_2" else gram_matrix(tfeat[l])[0] for l in wanted}
+    feats = net.forward(x, wanted)
+    dx = net.backward(_objective_grads(feats, targets))
+
+    tdt = torch.float64 if dtype == np.float64 else torch.float32
+    mods = torch_vgg(arch, params, pooling, dtype=tdt)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    tf = torch_forward(mods, xt, set(wanted))
+    for l in wanted:
+        assert rel_err(feats[l], tf[l].detach().numpy()) < min(bound, 1e-5), l
+    loss = 0.5 * ((tf["relu4_2"] - torch.from_numpy(targets["relu4_2"])) ** 2).sum()
+    for l in STYLE:
+        F = tf[l][0].reshape(tf[l].shape[1], -1)
+        N, M = F.shape
+        G = F @ F.T
+        loss = loss + 1e3 / len(STYLE) * ((G - torch.from_numpy(targets[l])) ** 2).sum() / (4 * N**2 * M**2)
+    (gt,) = torch.autograd.grad(loss, xt)
+    assert rel_err(dx, gt.numpy()) < bound
+
+
+@pytest.mark.torch
+def test_emulated_vgg_batch_and_wrapping_grid_match_torch(weights):
+    """A batch of two, an odd size, and a launch grid of 5 x 3 threads for the whole net."""
+    torch = pytest.importorskip("torch")
+    from helpers_torch import torch_forward, torch_vgg
+
+    net = load_vgg("vgg16", weights=weights["vgg16"], pooling="avg", device="emulated")
+    for layer in net.layers.values():  # swap in a tiny-grid backend
+        layer.ops = get_ops("emulated", threads=5, max_blocks=3, reverse=True)
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((2, 3, 35, 41)) * 30).astype(np.float32)
+    feats = net.forward(x, ["relu3_3", "pool5"])
+    dy = rng.standard_normal(feats["pool5"].shape).astype(np.float32)
+    dx = net.backward({"pool5": dy})
+    mods = torch_vgg("vgg16", weights["vgg16"], "avg")
+    xt = torch.from_numpy(x).requires_grad_(True)
+    tf = torch_forward(mods, xt, {"relu3_3", "pool5"})
+    (gt,) = torch.autograd.grad(tf["pool5"], xt, torch.from_numpy(dy))
+    assert rel_err(feats["relu3_3"], tf["relu3_3"].detach().numpy()) < 1e-5
+    assert rel_err(dx, gt.numpy()) < 1e-4
+
+
+def _style_steps(net, ops, content, style, steps):
+    """Gatys style transfer, Adam on the image; losses and update from ``ops``."""
+    layers = ["relu4_2"] + STYLE
+    P = net.forward(content, ["relu4_2"])["relu4_2"]
+    sf = net.forward(style, STYLE)
+    A = {l: ops.gram_matrix(sf[l])[0] for l in STYLE}
+    x = np.random.default_rng(0).standard_normal(content.shape).astype(np.float32) * 10
+    m, v = np.zeros_like(x), np.zeros_like(x)
+    history = []
+    for k in range(1, steps + 1):
+        feats = net.forward(x, layers)
+        lc, grads = ops.content_loss(feats["relu4_2"], P)
+        total = lc
+        grads = {"relu4_2": grads}
+        for l in STYLE:
+            ls, g = ops.style_loss(feats[l], A[l])
+            total += 1e3 / len(STYLE) * ls
+            g = g * np.float32(1e3 / len(STYLE))
+            grads[l] = grads[l] + g if l in grads else g
+        tv, gtv = ops.total_variation(x, 2.0)
+        total += 1e-3 * tv
+        dx = net.backward(grads) + gtv * np.float32(1e-3)
+        history.append(total)
+        ops.adam_update(x, dx, m, v, k, 1.0)
+    return x, history
+
+
+class _NumpyOps:
+    """The same steps with minivgg/losses.py and minivgg/optim.py's Adam arithmetic."""
+
+    from minivgg import losses as _l
+
+    content_loss = staticmethod(_l.content_loss)
+    style_loss = staticmethod(_l.style_loss)
+    gram_matrix = staticmethod(_l.gram_matrix)
+    total_variation = staticmethod(_l.total_variation)
+
+    def adam_update(self, x, g, m, v, k, lr, b1=0.9, b2=0.999, eps=1e-8):
+        from minivgg.optim import Adam
+
+        opt = Adam(lr=lr, betas=(b1, b2), eps=eps)
+        opt.m, opt.v = m, v
+        x[...] = opt._step(x, g, k)
+        m[...], v[...] = opt.m, opt.v
+
+
+def test_emulated_style_transfer_steps_match_numpy_backend(weights):
+    rng = np.random.default_rng(4)
+    shape = (1, 3, 20, 28)  # relu5_1 is 1x1
+    content = (rng.standard_normal(shape) * 40).astype(np.float32)
+    style = (rng.standard_normal(shape) * 40).astype(np.float32)
+    emu = load_vgg("vgg19", weights=weights["vgg19"], pooling="avg", device="emulated")
+    cpu = load_vgg("vgg19", weights=weights["vgg19"], pooling="avg", device="cpu")
+    xe, he = _style_steps(emu, emu.ops, content, style, 4)
+    xc, hc = _style_steps(cpu, _NumpyOps(), content, style, 4)
+    assert he[-1] < he[0]  # the loss goes down
+    np.testing.assert_allclose(he, hc, rtol=1e-4)
+    assert rel_err(xe, xc) < 1e-4
+
+
+def test_emulated_style_transfer_method(weights):
+    """minivgg.methods.style.style_transfer runs on the emulated device like on the CPU."""
+    from minivgg.methods.style import style_transfer
+
+    rng = np.random.default_rng(6)
+    content = rng.integers(0, 256, (20, 28, 3), dtype=np.uint8)
+    style = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    res = {}
+    for device in ("cpu", "emulated"):
+        net = load_vgg("vgg16", weights=weights["vgg16"], device=device)
+        res[device] = style_transfer(net, content, style, optimizer="adam", iters=3, seed=1)
+    he = [r["total"] for r in res["emulated"].history]
+    hc = [r["total"] for r in res["cpu"].history]
+    np.testing.assert_allclose(he, hc, rtol=1e-4)
+    assert rel_err(res["emulated"].x, res["cpu"].x) < 1e-4
