@@ -1,0 +1,269 @@
+"""What every method shares: the objective (content, style, TV, alpha-norm and
+activation terms through one forward and one backward), initial images, the
+optimizer loop with its log rows, and the result type.
+
+The objective evaluated at an input-space image x (1, 3, H, W):
+
+    total = content_weight * Lc + style_weight * Ls + tv_weight * TV
+            + alpha_weight * R_alpha - activation_weight * A
+
+with Lc = sum over content layers of 1/2 sum (F - P)^2, Ls = sum over style layers of
+w_l E_l (E_l = 1/(4 N^2 M^2) sum (G - A)^2), TV = total_variation(x, beta),
+R_alpha = alpha_norm(x, alpha), and A an activation to maximize (dream, visualize).
+Every value and gradient comes from ``minivgg.losses``; the gradient with respect to x
+is one ``net.backward`` of the per-layer gradients plus the regularizers' gradients.
+"""
+
+import time
+
+import numpy as np
+
+from .. import losses
+from ..backend import get_array_module, to_host
+from ..errors import MiniVGGError
+from ..image import check_memory
+from ..optim import make_optimizer
+
+LOG_COLUMNS = ("iter", "total", "content", "style", "tv", "seconds")
+
+
+class MethodResult:
+    """A method's outcome: ``image`` (uint8 H x W x 3 RGB), ``x`` (final input-space
+    array on the net's device), ``history`` (list of row dicts: iter, total, content,
+    style, tv, seconds, and method-specific terms), ``stopped`` (iterations | tolerance
+    | diverged | interrupted | callback), ``message``, ``frames`` (dream zoom frames)
+    and ``settings`` (the effective parameters, weights included)."""
+
+    def __init__(self, image, x, history, stopped, message, frames=None, settings=None):
+        self.image, self.x, self.history = image, x, history
+        self.stopped, self.message = stopped, message
+        self.frames = frames or []
+        self.settings = settings or {}
+
+    @property
+    def final_loss(self):
+        return self.history[-1]["total"] if self.history else float("nan")
+
+    def __repr__(self):
+        return f"MethodResult(shape={self.image.shape}, rows={len(self.history)}, stopped={self.stopped!r})"
+
+
+def input_scale(net):
+    """How many input-space units one pixel level (of 255) is: 1 for Caffe-style
+    weights (0-255 inputs), about 0.017 for torchvision-style (0-1, divided by std)."""
+    c = net.convention
+    return float(c["scale"]) / 255.0 / float(np.mean(c["std"]))
+
+
+def default_lr(net, optimizer):
+    """L-BFGS: 1 (its steps are scaled by the curvature estimate). Adam: 10 pixel levels
+    per step at most, in the net's input units. SGD: 1e-3 (depends on the objective's
+    scale; tune it)."""
+    if optimizer == "adam":
+        return 10.0 * input_scale(net)
+    if optimizer == "sgd":
+        return 1e-3
+    return 1.0
+
+
+def check_layers(net, layers, what="layer"):
+    """Validate a list of layer names against ``net`` (MiniVGGError lists the valid ones)."""
+    layers = [layers] if isinstance(layers, str) else list(layers)
+    if not layers:
+        raise MiniVGGError(f"no {what} given")
+    return net.check_layers(layers)
+
+
+def deepest(net, layers):
+    return max(layers, key=net.layer_names.index)
+
+
+class Objective:
+    """f(x) -> (total, grad, info) for the optimizers; see the module docstring.
+
+    content: {layer: P}; style: {layer: (A, w_l)}; activation: list of
+    (layer, channel or None, kind) with kind "l2" (1/2 sum F^2, DeepDream) or "mean"
+    (mean of F, activation maximization) or "score" (F[0, channel], a class score);
+    jitter: the largest random shift (pixels) applied to x before the forward pass.
+    """
+
+    def __init__(self, net, content=None, style=None, content_weight=1.0, style_weight=1.0, tv_weight=0.0,
+                 tv_beta=2.0, alpha_weight=0.0, alpha=6.0, activation=None, activation_weight=1.0,
+                 jitter=0, rng=None):
+        self.net = net
+        self.content = dict(content or {})
+        self.style = dict(style or {})
+        self.activation = list(activation or [])
+        self.cw, self.sw, self.tvw = float(content_weight), float(style_weight), float(tv_weight)
+        self.tv_beta, self.aw, self.alpha = float(tv_beta), float(alpha_weight), float(alpha)
+        self.actw = float(activation_weight)
+        self.jitter = int(jitter)
+        self.rng = rng if rng is not None else np.random.default_rng(0)
+        self.layers = list(dict.fromkeys(list(self.content) + list(self.style) + [a[0] for a in self.activation]))
+        self.evaluations = 0
+
+    def __call__(self, x):
+        self.evaluations += 1
+        xp = get_array_module(x)
+        shift = None
+        xin = x
+        if self.jitter > 0:
+            shift = tuple(int(v) for v in self.rng.integers(-self.jitter, self.jitter + 1, size=2))
+            xin = xp.roll(x, shift, axis=(2, 3))
+        info = {}
+        grads = {}
+        grad = None
+        if self.layers:
+            feats = self.net.forward(xin, self.layers)
+            lc = 0.0
+            for name, P in self.content.items():
+                v, dF = losses.content_loss(feats[name], P)
+                lc += v
+                _add(grads, name, dF * self.cw)
+            ls = 0.0
+            for name, (A, w) in self.style.items():
+                v, dF = losses.style_loss(feats[name], A)
+                ls += w * v
+                _add(grads, name, dF * (self.sw * w))
+            act = 0.0
+            for name, channel, kind in self.activation:
+                v, dF = _activation(feats[name], channel, kind)
+                act += v
+                _add(grads, name, dF * (-self.actw))
+            if self.content:
+                info["content"] = lc
+            if self.style:
+                info["style"] = ls
+            if self.activation:
+                info["activation"] = act
+            grad = self.net.backward(grads)
+            if shift is not None:
+                grad = xp.roll(grad, (-shift[0], -shift[1]), axis=(2, 3))
+        else:
+            grad = xp.zeros_like(x)
+        total = self.cw * info.get("content", 0.0) + self.sw * info.get("style", 0.0) - self.actw * info.get("activation", 0.0)
+        if self.tvw:
+            v, g = losses.total_variation(x, self.tv_beta)
+            info["tv"] = v
+            total += self.tvw * v
+            grad = grad + g * self.tvw
+        else:
+            info["tv"] = 0.0
+        if self.aw:
+            v, g = losses.alpha_norm(x, self.alpha)
+            info["alpha"] = v
+            total += self.aw * v
+            grad = grad + g * self.aw
+        return total, grad, info
+
+
+def _add(grads, name, g):
+    grads[name] = g if name not in grads else grads[name] + g
+
+
+def _activation(F, channel, kind):
+    """Value and dValue/dF of an activation objective on a layer response F."""
+    xp = get_array_module(F)
+    dF = xp.zeros_like(F)
+    if kind == "l2":
+        sel = F if channel is None else F[:, channel]
+        v = 0.5 * float((sel.astype("float64") ** 2).sum())
+        if channel is None:
+            dF = F.copy()
+        else:
+            dF[:, channel] = F[:, channel]
+        return v, dF
+    if kind == "mean":
+        sel = F if channel is None else F[:, channel]
+        v = float(sel.astype("float64").mean())
+        if channel is None:
+            dF[...] = 1.0 / sel.size
+        else:
+            dF[:, channel] = 1.0 / sel.size
+        return v, dF
+    if kind == "score":
+        v = float(F[0, channel])
+        dF[0, channel] = 1.0
+        return v, dF
+    raise ValueError(kind)
+
+
+def noise_image(shape, rng):
+    """White noise: every pixel and channel uniform in 0..255 (uint8 H x W x 3)."""
+    h, w = shape
+    return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+def initial_x(net, init, shape, rng, content=None, style=None):
+    """The start image in input space: "noise" (white noise), "content" (exactly
+    ``net.preprocess(content)``), "style" (the first style image resized to the
+    content's size) or a uint8 image (resized to ``shape`` if needed)."""
+    from ..image import resize
+
+    if isinstance(init, str):
+        if init == "noise":
+            return net.preprocess(noise_image(shape, rng))
+        if init == "content":
+            if content is None:
+                raise MiniVGGError("init 'content' needs a content image")
+            return net.preprocess(resize(content, shape))
+        if init == "style":
+            if style is None:
+                raise MiniVGGError("init 'style' needs a style image")
+            return net.preprocess(resize(style, shape))
+        raise MiniVGGError(f"unknown init {init!r}; choose noise, content, style or an image file")
+    return net.preprocess(resize(np.asarray(init), shape))
+
+
+def run_optimizer(objective, x0, *, optimizer="lbfgs", iters=100, lr=None, optim_options=None, callback=None,
+                  render=None, net=None, first_row=0, t0=None, history=None, extra=None):
+    """Minimize ``objective`` from ``x0``; append one row per logged iterate to
+    ``history`` and call ``callback(record)`` (row + ``x`` + ``render``).
+
+    Rows are numbered from ``first_row`` (coarse-to-fine stages continue the count);
+    ``seconds`` counts from ``t0``. Returns the optimizer's OptimResult.
+    """
+    if history is None:
+        history = []
+    if t0 is None:
+        t0 = time.perf_counter()
+    if lr is None and net is not None:
+        lr = default_lr(net, optimizer)
+    opt = make_optimizer(optimizer, lr=lr, **(optim_options or {}))
+
+    def on_row(rec):
+        row = {"iter": first_row + rec["iter"], "total": rec["loss"]}
+        for key in ("content", "style", "tv"):
+            row[key] = float(rec["info"].get(key, 0.0))
+        row["seconds"] = time.perf_counter() - t0
+        for key in ("alpha", "activation"):
+            if key in rec["info"]:
+                row[key] = float(rec["info"][key])
+        if extra:
+            row.update(extra)
+        history.append(row)
+        if callback is not None:
+            record = dict(row)
+            record["x"] = rec["x"]
+            record["render"] = render
+            return callback(record)
+        return False
+
+    return opt.run(objective, x0, iters, callback=on_row)
+
+
+def render_plain(net):
+    return lambda x: net.deprocess(x)
+
+
+def finish(net, res, history, render, settings, frames=None):
+    """Package an OptimResult as a MethodResult."""
+    return MethodResult(render(res.x), res.x, history, res.stopped, res.message, frames=frames, settings=settings)
+
+
+def ensure_memory(net, shape, layers, what="image"):
+    check_memory(net, shape[0], shape[1], deepest(net, layers), what=what)
+
+
+def host(x):
+    return to_host(x)

@@ -1,0 +1,161 @@
+"""Neural style transfer (Gatys, Ecker & Bethge, "Image Style Transfer Using
+Convolutional Neural Networks", CVPR 2016).
+
+The image x (in the network's input space, ``net.preprocess``) minimizes
+
+    total = content_weight * Lc + style_weight * Ls + tv_weight * TV
+
+- Lc = sum over content layers l of 1/2 sum_ij (F^l_ij - P^l_ij)^2 (eq. 1), P^l the
+  content image's response;
+- Ls = sum over style layers l of w_l E_l, E_l = 1/(4 N_l^2 M_l^2) sum_ij (G^l_ij -
+  A^l_ij)^2 (eq. 4-5), G^l = F^l F^l^T the Gram matrix with no further normalization,
+  w_l = 1 / (number of style layers) unless given; with several style images A^l is
+  the blend-weighted sum of their Gram matrices (blend weights normalized to sum 1);
+- TV = total_variation(x, beta=2) (Mahendran & Vedaldi 2014).
+
+The style images are resized to the content image's size times ``style_scale`` (an
+image already of that size is not resampled). Coarse to fine (``scales``): each stage
+resizes the content to the stage's longest side, recomputes the targets and starts
+from the previous stage's result, upsampled.
+"""
+
+import time
+
+import numpy as np
+
+from .. import losses
+from ..errors import MiniVGGError
+from ..image import preserve_colors, resize, resize_array, resize_longest, size_for_longest
+from .common import Objective, check_layers, ensure_memory, initial_x, run_optimizer, MethodResult
+
+CONTENT_LAYERS = ("relu4_2",)
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
+CONTENT_WEIGHT = 1.0
+STYLE_WEIGHT = 1e4
+TV_WEIGHT = 1e-3
+
+
+def style_targets(net, styles, blend, layers, shape):
+    """{layer: A} with A = sum_i blend_i G^l(style_i), each style resized to ``shape``."""
+    targets = {}
+    for img, b in zip(styles, blend):
+        feats = net.forward(net.preprocess(resize(img, shape)), layers)
+        for name in layers:
+            G = losses.gram_matrix(feats[name]) * np.float32(b)
+            targets[name] = G if name not in targets else targets[name] + G
+    return targets
+
+
+def content_targets(net, img, layers):
+    feats = net.forward(net.preprocess(img), layers)
+    return {name: feats[name].copy() for name in layers}
+
+
+def style_transfer(net, content, styles, *, style_blend=None, content_layers=CONTENT_LAYERS,
+                   style_layers=STYLE_LAYERS, style_layer_weights=None, content_weight=CONTENT_WEIGHT,
+                   style_weight=STYLE_WEIGHT, tv_weight=TV_WEIGHT, style_scale=1.0, init="noise",
+                   original_colors=False, size=None, scales=None, optimizer="lbfgs", iters=500, lr=None,
+                   seed=0, optim_options=None, callback=None):
+    """Gatys et al. 2016 style transfer; the objective is in the module docstring.
+
+    content: uint8 (H, W, 3) RGB; styles: one image or a list; style_blend: a weight
+    per style image (normalized to sum 1; default equal); init: "noise" | "content"
+    (exactly ``net.preprocess(content)``) | "style" | a uint8 image; original_colors:
+    keep the content's colours by luminance transfer (Gatys et al. 2016, "Preserving
+    color in neural artistic style transfer"); size: longest side of the result (None:
+    the content's size); scales: e.g. [256, 512] for coarse to fine (``iters`` per
+    stage). Returns a MethodResult.
+    """
+    if isinstance(styles, np.ndarray) and styles.ndim == 3:
+        styles = [styles]
+    styles = list(styles)
+    if not styles:
+        raise MiniVGGError("style transfer needs at least one style image")
+    if style_blend is None:
+        style_blend = [1.0] * len(styles)
+    style_blend = [float(b) for b in style_blend]
+    if len(style_blend) != len(styles):
+        raise MiniVGGError(f"{len(style_blend)} style blend weight(s) for {len(styles)} style image(s)")
+    if any(b < 0 for b in style_blend) or sum(style_blend) <= 0:
+        raise MiniVGGError("style blend weights must be >= 0 and not all zero")
+    blend = [b / sum(style_blend) for b in style_blend]
+    content_layers = check_layers(net, content_layers, "content layer")
+    style_layers = check_layers(net, style_layers, "style layer")
+    if style_layer_weights is None:
+        style_layer_weights = [1.0 / len(style_layers)] * len(style_layers)
+    style_layer_weights = [float(w) for w in style_layer_weights]
+    if len(style_layer_weights) != len(style_layers):
+        raise MiniVGGError(f"{len(style_layer_weights)} style layer weight(s) for {len(style_layers)} style layer(s)")
+    for name, v in (("content weight", content_weight), ("style weight", style_weight), ("tv weight", tv_weight)):
+        if v < 0:
+            raise MiniVGGError(f"{name} must be >= 0; got {v}")
+    if not style_scale > 0:
+        raise MiniVGGError(f"style scale must be positive; got {style_scale}")
+    stages = [int(s) for s in scales] if scales else [size]
+    for s in stages:
+        if s is not None and s <= 0:
+            raise MiniVGGError(f"size must be a positive number of pixels; got {s}")
+
+    rng = np.random.default_rng(seed)
+    all_layers = list(dict.fromkeys(list(content_layers) + list(style_layers)))
+    history, t0 = [], time.perf_counter()
+    x = res = None
+    first_row = 0
+    settings = dict(content_layers=content_layers, style_layers=style_layers, style_layer_weights=style_layer_weights,
+                    content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
+                    style_blend=blend, style_scale=style_scale, scales=stages, optimizer=optimizer, iters=iters,
+                    seed=seed, original_colors=original_colors,
+                    init=init if isinstance(init, str) else "image")
+    # check every stage's memory before starting any work
+    shapes = [size_for_longest(np.shape(content), s) if s else np.shape(content)[:2] for s in stages]
+    for shape in shapes:
+        ensure_memory(net, shape, all_layers, "content image")
+        ensure_memory(net, _style_shape(shape, style_scale), style_layers, "style image")
+    for k, s in enumerate(stages):
+        try:
+            objective, x, c_img = _stage(net, content, styles, blend, s, style_scale, content_layers, style_layers,
+                                         style_layer_weights, content_weight, style_weight, tv_weight, init, rng,
+                                         None if k == 0 else res.x)
+        except KeyboardInterrupt:
+            if res is None:
+                raise
+            res.stopped, res.message = "interrupted", f"interrupted before stage {k + 1} of {len(stages)}"
+            break
+        render = _renderer(net, c_img, original_colors)
+        extra = {"scale": s} if len(stages) > 1 else None
+        res = run_optimizer(objective, x, optimizer=optimizer, iters=iters, lr=lr, optim_options=optim_options,
+                            callback=callback, render=render, net=net, first_row=first_row, t0=t0,
+                            history=history, extra=extra)
+        first_row = history[-1]["iter"] if history else first_row
+        if res.stopped in ("interrupted", "diverged", "callback"):
+            break
+    return MethodResult(render(res.x), res.x, history, res.stopped, res.message, settings=settings)
+
+
+def _stage(net, content, styles, blend, s, style_scale, content_layers, style_layers, style_layer_weights,
+           content_weight, style_weight, tv_weight, init, rng, prev_x):
+    """Targets, objective and start image of one coarse-to-fine stage."""
+    c_img = resize_longest(content, s) if s else np.asarray(content)
+    shape = c_img.shape[:2]
+    s_shape = _style_shape(shape, style_scale)
+    P = content_targets(net, c_img, content_layers)
+    A = style_targets(net, styles, blend, style_layers, s_shape)
+    objective = Objective(
+        net, content=P, style={name: (A[name], w) for name, w in zip(style_layers, style_layer_weights)},
+        content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight, tv_beta=2.0)
+    if prev_x is None:
+        x = initial_x(net, init, shape, rng, content=c_img, style=resize(styles[0], shape))
+    else:
+        x = resize_array(prev_x, shape)
+    return objective, x, c_img
+
+
+def _style_shape(shape, style_scale):
+    """The content's (height, width) times the style scale, rounded."""
+    return max(1, int(round(shape[0] * style_scale))), max(1, int(round(shape[1] * style_scale)))
+
+
+def _renderer(net, content, original_colors):
+    if not original_colors:
+        return net.deprocess
+    return lambda x: preserve_colors(content, net.deprocess(x))
