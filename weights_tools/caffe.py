@@ -124,7 +124,12 @@ def parse_blob(buf, begin, stop):
                     dims.extend(_packed_varints(buf, *v2) if wt2 == 2 else [v2])
     if dims is None:
         dims = [legacy.get(i, 1) for i in (1, 2, 3, 4)] if legacy else None
-    data = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    if not chunks:
+        data = np.zeros(0, np.float32)
+    elif len(chunks) == 1:
+        data = np.array(chunks[0], dtype=np.float32)  # one copy, off the file mapping
+    else:
+        data = np.concatenate(chunks).astype(np.float32, copy=False)
     if dims is None:
         dims = [data.size]
     count = int(np.prod(dims)) if dims else 1

@@ -6,8 +6,7 @@ equal to one". Because ReLU and both poolings commute with a positive per-channe
 scale, this changes every layer's output only by that scale:
 
 Let ``F_l = relu(W_l * x_{l-1} + b_l)`` (pooling in between where VGG has it) and
-``m_l[o]`` the mean of ``F_l[o]`` over the images and all positions, measured on the
-*original* network. Define
+``m_l[o]`` the mean of ``F_l[o]`` over the images and all positions. Define
 
     W'_l[o, i] = W_l[o, i] * m_{l-1}[i] / m_l[o],      b'_l[o] = b_l[o] / m_l[o],
 
@@ -15,11 +14,15 @@ with ``m_0 = 1`` (the image is unchanged). If the normalized input is
 ``x'_{l-1}[i] = x_{l-1}[i] / m_{l-1}[i]`` then ``W'_l * x'_{l-1} + b'_l = (W_l * x_{l-1} + b_l)
 / m_l`` and, as ``m_l > 0``, ``F'_l = F_l / m_l``; by induction from conv1_1 upward every
 normalized layer is the original divided per channel by its means, whose means are 1.
-So one forward pass of the original network over the images gives all the ``m_l``;
-working "from conv1_1 upward" layer by layer would measure the same numbers.
 
-A dead filter (mean 0 on these images) is left unscaled (``m = 1``), so nothing divides
-by zero. If the classifier is kept, ``fc6`` absorbs ``m_{conv5_last}`` (its columns for
+In exact arithmetic one forward pass of the original network would give every ``m_l``.
+In float32 a filter that fires rarely (mean 1e-4 of its layer's typical value) turns
+the rounding of its large pre-activations into a visible error once divided by that
+mean, so, as the recipe says, we work from conv1_1 upward: ``m_l`` is measured on the
+network whose layers below ``l`` are already normalized -- on exactly the inputs the
+normalized layer ``l`` will see. A dead filter (mean at most 1e-7 of its layer's
+largest mean on these images) is left unscaled (``m = 1``), so nothing divides by zero.
+If the classifier is kept, ``fc6`` absorbs the last conv layer's means (its columns for
 channel ``c`` are multiplied by ``m[c]``), so fc6-fc8 compute exactly what they did.
 """
 
@@ -30,7 +33,8 @@ import numpy as np
 from minivgg import weights as mw
 from minivgg.errors import MiniVGGError
 
-DEAD = 1e-8
+DEAD = 1e-8  # absolute floor for "dead"
+DEAD_REL = 1e-7  # relative to the layer's largest mean
 
 
 def builtin_images():
@@ -111,32 +115,78 @@ def channel_means(net, images, names):
     return {n: sums[r] / count[r] for n, r in zip(names, relus)}
 
 
+def dead_mask(m):
+    """Filters that (almost) never fire: mean at most ``max(DEAD, DEAD_REL * max(m))``."""
+    m = np.asarray(m, dtype=np.float64)
+    return m <= max(DEAD, DEAD_REL * float(m.max(initial=0.0)))
+
+
+def layer_scales(m):
+    """The divisor for each filter: its mean, or 1 for a dead filter."""
+    m = np.asarray(m, dtype=np.float64)
+    return np.where(dead_mask(m), 1.0, m)
+
+
+def rescale_layer(params, name, prev, scale):
+    """``W' = W * prev[i] / scale[o]``, ``b' = b / scale[o]`` for one conv layer."""
+    W, b = params[name]
+    W2 = W.astype(np.float64) * prev[None, :, None, None] / scale[:, None, None, None]
+    return W2.astype(np.float32), (b.astype(np.float64) / scale).astype(np.float32)
+
+
 def normalized_params(params, means):
-    """Apply the rescaling derived above; returns ``(new params, scales used)``."""
+    """Apply the rescaling to all layers at once, from given means: ``(new params, scales)``."""
     names = conv_names(params)
     out = dict(params)
     prev = np.ones(3)
     scales = {}
     for n in names:
-        W, b = params[n]
-        m = np.asarray(means[n], dtype=np.float64)
-        scale = np.where(m > DEAD, m, 1.0)
-        W2 = W.astype(np.float64) * prev[None, :, None, None] / scale[:, None, None, None]
-        out[n] = (W2.astype(np.float32), (b.astype(np.float64) / scale).astype(np.float32))
+        scale = layer_scales(means[n])
+        out[n] = rescale_layer(params, n, prev, scale)
         scales[n] = scale
         prev = scale
     if "fc6" in params:
-        W, b = params["fc6"]
-        per = W.shape[1] // prev.size
-        out["fc6"] = ((W.astype(np.float64) * np.repeat(prev, per)[None, :]).astype(np.float32), b)
+        out["fc6"] = _absorb_into_fc6(params["fc6"], prev)
     return out, scales
+
+
+def _absorb_into_fc6(fc6, prev):
+    W, b = fc6
+    per = W.shape[1] // prev.size
+    return (W.astype(np.float64) * np.repeat(prev, per)[None, :]).astype(np.float32), b
+
+
+def normalize_upward(arch, params, convention, images, pooling="max", device="cpu"):
+    """Measure and rescale layer by layer from conv1_1 upward: ``(new params, means)``.
+
+    ``means[l]`` is measured on the network whose layers below ``l`` are normalized; it
+    equals the original network's mean of layer ``l`` (up to rounding), see above.
+    """
+    import minivgg
+
+    names = conv_names(params)
+    convs = {n: params[n] for n in names}
+    current = dict(convs)
+    prev = np.ones(3)
+    means = {}
+    for n in names:
+        # layer n sees inputs divided by prev: undo that first, then measure its means
+        current[n] = rescale_layer(convs, n, prev, np.ones(convs[n][0].shape[0]))
+        net = minivgg.load_vgg(arch, weights=current, pooling=pooling, device=device, convention=convention)
+        means[n] = channel_means(net, images, [n])[n]
+        scale = layer_scales(means[n])
+        current[n] = rescale_layer(convs, n, prev, scale)
+        prev = scale
+    out = dict(params)
+    out.update(current)
+    if "fc6" in params:
+        out["fc6"] = _absorb_into_fc6(params["fc6"], prev)
+    return out, means
 
 
 def normalize(in_path, out_path, image_paths=None, size=224, pooling="max", device="cpu", log=None):
     """Normalize the weights in ``in_path`` on the given images (default: the built-in
     set) and write them to ``out_path``. Returns the per-layer means measured."""
-    import minivgg
-
     log = log or (lambda msg: None)
     params, meta = mw.read_weights(in_path)
     arch = meta.get("arch")
@@ -144,12 +194,9 @@ def normalize(in_path, out_path, image_paths=None, size=224, pooling="max", devi
         raise MiniVGGError(f"{in_path}: unknown arch {arch!r} in the weights file")
     images = load_images(image_paths) if image_paths else builtin_images()
     images = [resize_shorter(im, size) for im in images]
-    log(f"measuring mean activations of {arch} on {len(images)} image(s)")
-    net = minivgg.load_vgg(arch, weights=in_path, pooling=pooling, device=device, keep_classifier=False)
-    names = conv_names(params)
-    means = channel_means(net, images, names)
-    new, scales = normalized_params(params, means)
-    dead = sum(int((np.asarray(means[n]) <= DEAD).sum()) for n in names)
+    log(f"measuring mean activations of {arch} on {len(images)} image(s), conv1_1 upward")
+    new, means = normalize_upward(arch, params, meta["convention"], images, pooling=pooling, device=device)
+    dead = sum(int(dead_mask(m).sum()) for m in means.values())
     if dead:
         log(f"{dead} filter(s) never fire on these images; left unscaled")
     out_meta = {k: v for k, v in meta.items() if k != "convention"}
