@@ -218,3 +218,27 @@ def test_emulated_sanitizer_catches_overflow(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "not caught" not in proc.stdout
     assert "heap-buffer-overflow" in proc.stderr, proc.stderr[-3000:]
+
+
+def test_emulated_ops_check_shapes_before_launching():
+    """A kernel trusts its sizes; the ops refuse mismatched arrays instead of overrunning them."""
+    ops = get_ops("emulated")
+    y = np.ones((1, 2, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="relu_backward"):
+        ops.relu_backward(np.ones((1, 2, 4, 3), np.float32), y)
+    with pytest.raises(ValueError, match="avg_pool2d_backward"):
+        ops.avg_pool2d_backward(np.ones((1, 2, 3, 2), np.float32), y.shape, 2, 2)
+    _, cache = ops.conv2d_forward(y, np.ones((3, 2, 3, 3), np.float32), np.zeros(3, np.float32), 1, 1, {})
+    with pytest.raises(ValueError, match="conv2d_backward"):
+        ops.conv2d_backward(np.ones((1, 2, 4, 4), np.float32), cache, False)
+    with pytest.raises(ValueError, match="adam_update"):
+        ops.adam_update(y, y, y[:, :1].copy(), y.copy(), 1, 0.1)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        ops.relu_forward(np.ones(4, np.float16))
+
+
+def test_emulated_get_ops():
+    assert get_ops("emulated") is get_ops("emulated")
+    assert get_ops("emulated", threads=3) is not get_ops("emulated")
+    with pytest.raises(MiniVGGError, match="unknown GPU backend"):
+        get_ops("tpu")
