@@ -258,3 +258,15 @@ def test_emulated_get_ops():
     assert get_ops("emulated", threads=3) is not get_ops("emulated")
     with pytest.raises(MiniVGGError, match="unknown GPU backend"):
         get_ops("tpu")
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid"), reason="POSIX file ownership")
+def test_emulated_cache_folder_must_be_private(tmp_path, monkeypatch):
+    """Libraries from the cache are loaded into the process: a folder others can write is refused."""
+    monkeypatch.delenv("MINIVGG_EMULATE_CACHE", raising=False)
+    monkeypatch.setattr(emulate.tempfile, "gettempdir", lambda: str(tmp_path))
+    d = tmp_path / f"minivgg-emulate-{os.getuid()}"
+    assert emulate.cache_dir() == d and (d.stat().st_mode & 0o077) == 0
+    d.chmod(0o777)
+    with pytest.raises(MiniVGGError, match="writable by others"):
+        emulate.cache_dir()

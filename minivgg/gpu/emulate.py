@@ -59,11 +59,22 @@ def sanitizing():
 
 
 def cache_dir():
+    """Where the compiled libraries live (created, private to this user)."""
     d = os.environ.get("MINIVGG_EMULATE_CACHE")
     if d:
-        return Path(d)
+        d = Path(d)
+        d.mkdir(parents=True, exist_ok=True)
+        return d
     uid = os.getuid() if hasattr(os, "getuid") else "user"
-    return Path(tempfile.gettempdir()) / f"minivgg-emulate-{uid}"
+    d = Path(tempfile.gettempdir()) / f"minivgg-emulate-{uid}"
+    d.mkdir(mode=0o700, exist_ok=True)
+    if hasattr(os, "getuid"):
+        # we dlopen what is in there: refuse a folder someone else owns or can write to
+        st = d.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise MiniVGGError(f"{d}: emulation cache folder not owned by you or writable by others; "
+                               "remove it or set MINIVGG_EMULATE_CACHE to a private folder")
+    return d
 
 
 def compiler():
@@ -101,7 +112,6 @@ def build(name, defines=(), sanitize=None):
     lib = out_dir / f"{name}-{key}.so"
     if lib.is_file():
         return lib
-    out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{name}-", dir=out_dir)
     os.close(fd)
     src_path = Path(tmp + ".cpp")
