@@ -230,3 +230,22 @@ def test_kernel_results_independent_of_grid(rng):
         np.testing.assert_array_equal(y, outs[0][0])
         np.testing.assert_array_equal(p, outs[0][1])
         np.testing.assert_array_equal(dx, outs[0][2])
+
+
+def test_kernel_conv_in_chunks_of_images(rng, monkeypatch):
+    """A small im2col budget splits the batch into chunks (as large batches do on a GPU): same result."""
+    from minivgg.gpu import ops as ops_module
+
+    o = get_ops("emulated", threads=7, max_blocks=3)
+    x = rng.standard_normal((3, 2, 7, 5))
+    W = rng.standard_normal((4, 2, 3, 3))
+    b = rng.standard_normal(4)
+    y, cache = o.conv2d_forward(x, W, b, 1, 1, {})
+    dy = rng.standard_normal(y.shape)
+    grads = o.conv2d_backward(dy, cache, True)
+    monkeypatch.setattr(ops_module, "COL_BUDGET", 2 * 9 * 35)  # one image per chunk
+    assert len(o._chunks(3, 2 * 9 * 35)) == 3
+    y2, cache2 = o.conv2d_forward(x, W, b, 1, 1, {})
+    np.testing.assert_allclose(y2, y, rtol=1e-13)
+    for a, r in zip(o.conv2d_backward(dy, cache2, True), grads):
+        np.testing.assert_allclose(a, r, rtol=1e-12)
