@@ -52,6 +52,7 @@ class KernelOps:
         else:
             raise ValueError(f"KernelOps: unknown kind {kind!r}")
         self.kind = kind
+        self._kernels = {}  # (file, kernel, defines...) -> callable kernel
         self.threads = int(threads)
         self.max_blocks = int(max_blocks)
 
@@ -65,8 +66,11 @@ class KernelOps:
         real = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}.get(np.dtype(dtype))
         if real is None:
             raise TypeError(f"GPU kernels take float32 or float64 arrays, not {np.dtype(dtype)}")
-        key = tuple(sorted(defines.items())) + (("MINIVGG_REAL", real),)
-        return self._load(file, key).get_function(name)
+        key = (file, name) + tuple(sorted(defines.items())) + (("MINIVGG_REAL", real),)
+        k = self._kernels.get(key)
+        if k is None:
+            k = self._kernels[key] = self._load(file, key[2:]).get_function(name)
+        return k
 
     def grid(self, n):
         """(grid, block) for ``n`` elements."""
