@@ -8,7 +8,10 @@ The file format (documented in docs/weights_format.md):
 - file attributes: ``arch`` (vgg16|vgg19), ``source_format``, ``source_file``,
   ``source_sha256``, ``channel_order`` (BGR|RGB), ``scale`` (255 or 1: the value of a
   white pixel), ``mean`` and ``std`` (3 floats each, in the network's channel order and
-  value scale), ``normalized`` (bool), ``converter_version``.
+  value scale), ``normalized`` (bool), ``converter_version``; normalized files also
+  carry ``normalize_pooling``, ``normalize_images``, ``normalize_size``.
+
+Files are produced by ``python -m weights_tools convert|fetch|normalize`` (docs/weights_tools.md).
 """
 
 import os

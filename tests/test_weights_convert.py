@@ -180,6 +180,7 @@ def test_inspect_source_and_converted(files, tmp_path, capsys):
     assert cli.main(["inspect", out]) == 0
     text = capsys.readouterr().out
     assert "format:      minivgg" in text and "RGB" in text and "source_format:matconvnet" in text.replace(" ", "")
+    assert "source_sha256:" in text.replace(" ", "") and "normalized:" in text
 
 
 def test_keep_classifier_on_a_notop_file_is_an_error(files, tmp_path):

@@ -108,6 +108,12 @@ def main(argv=None):
     except MiniVGGError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
+    except BrokenPipeError:  # output piped into e.g. head, which closed early
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
         return 130

@@ -23,7 +23,8 @@ import urllib.request
 from minivgg import weights as mw
 from minivgg.errors import MiniVGGError
 
-VGG_CAFFE = "http://www.robots.ox.ac.uk/~vgg/software/very_deep/caffe/"
+VGG_CAFFE = "http://www.robots.ox.ac.uk/~vgg/software/very_deep/caffe/"  # as the model gists list it
+VGG_CAFFE_HTTPS = "https://www.robots.ox.ac.uk/~vgg/software/very_deep/caffe/"
 TORCHVISION = "https://download.pytorch.org/models/"
 KERAS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 KERAS_OLD = "https://github.com/fchollet/deep-learning-models/releases/download/v0.1/"
@@ -31,13 +32,13 @@ KERAS_OLD = "https://github.com/fchollet/deep-learning-models/releases/download/
 SOURCES = {
     "vgg19-caffe": {
         "arch": "vgg19", "file": "VGG_ILSVRC_19_layers.caffemodel",
-        "urls": [VGG_CAFFE + "VGG_ILSVRC_19_layers.caffemodel"],
+        "urls": [VGG_CAFFE + "VGG_ILSVRC_19_layers.caffemodel", VGG_CAFFE_HTTPS + "VGG_ILSVRC_19_layers.caffemodel"],
         "size": 574671192, "md5": "b5c644beabd7cf06bdd9065cfd674c97",
         "info": "https://gist.github.com/ksimonyan/3785162f95cd2d5fee77",
     },
     "vgg16-caffe": {
         "arch": "vgg16", "file": "VGG_ILSVRC_16_layers.caffemodel",
-        "urls": [VGG_CAFFE + "VGG_ILSVRC_16_layers.caffemodel"],
+        "urls": [VGG_CAFFE + "VGG_ILSVRC_16_layers.caffemodel", VGG_CAFFE_HTTPS + "VGG_ILSVRC_16_layers.caffemodel"],
         "size": 553432081, "md5": "441315b0ff6932dbfde97731be7ca852",
         "info": "https://gist.github.com/ksimonyan/211839e770f7b538e2d8",
     },

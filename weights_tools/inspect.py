@@ -34,10 +34,10 @@ def describe(path):
             f"input:       {c['channel_order']}, white = {c['scale']:g}, mean = ({', '.join(f'{v:g}' for v in c['mean'])}),"
             f" std = ({', '.join(f'{v:g}' for v in c['std'])})"
         )
-    for key in ("arch", "source_format", "source_file", "source_sha256", "normalized", "converter_version",
+    for key in ("source_format", "source_file", "source_sha256", "normalized", "converter_version",
                 "normalize_pooling", "normalize_images"):
         if src.format == "minivgg" and key in src.meta:
-            lines.append(f"{key + ':':<13}{src.meta[key]}")
+            lines.append(f"{key + ':':<19}{src.meta[key]}")
     lines.append("layers:")
     all_layers = list(src.convs) + list(src.fcs)
     for i, (sname, W, b) in enumerate(all_layers):

@@ -159,24 +159,47 @@ def _absorb_into_fc6(fc6, prev):
 def normalize_upward(arch, params, convention, images, pooling="max", device="cpu"):
     """Measure and rescale layer by layer from conv1_1 upward: ``(new params, means)``.
 
-    ``means[l]`` is measured on the network whose layers below ``l`` are normalized; it
-    equals the original network's mean of layer ``l`` (up to rounding), see above.
+    Each image's activation at the current depth is kept, so every layer is computed
+    twice in all (once to measure with the input compensation ``W * m_{l-1}``, once
+    with its final weights to give the next layer its input) instead of re-running the
+    network from the image for every layer. ``means[l]`` is measured on the network
+    whose layers below ``l`` are normalized; it equals the original network's mean of
+    layer ``l`` up to rounding, see above.
     """
     import minivgg
+    from minivgg.backend import to_host
 
     names = conv_names(params)
     convs = {n: params[n] for n in names}
+    net = minivgg.load_vgg(arch, weights=convs, pooling=pooling, device=device, convention=convention)
+    ops, xp = net.ops, net.xp
+    hs = [net.preprocess(img) for img in images]
     current = dict(convs)
     prev = np.ones(3)
     means = {}
-    for n in names:
-        # layer n sees inputs divided by prev: undo that first, then measure its means
-        current[n] = rescale_layer(convs, n, prev, np.ones(convs[n][0].shape[0]))
-        net = minivgg.load_vgg(arch, weights=current, pooling=pooling, device=device, convention=convention)
-        means[n] = channel_means(net, images, [n])[n]
-        scale = layer_scales(means[n])
-        current[n] = rescale_layer(convs, n, prev, scale)
-        prev = scale
+
+    def conv_relu(h, W, b):
+        y, _ = ops.conv2d_forward(h, xp.asarray(W), xp.asarray(b), 1, 1, {})
+        return ops.relu_forward(y)
+
+    for lname in net.layer_names:
+        if lname.startswith("conv"):
+            W0 = rescale_layer(convs, lname, prev, np.ones(convs[lname][0].shape[0]))
+            total, count = 0.0, 0
+            for h in hs:
+                F = to_host(conv_relu(h, *W0)).astype(np.float64)
+                total = total + F.sum(axis=(0, 2, 3))
+                count += F.shape[0] * F.shape[2] * F.shape[3]
+            means[lname] = total / count
+            scale = layer_scales(means[lname])
+            current[lname] = rescale_layer(convs, lname, prev, scale)
+            hs = [conv_relu(h, *current[lname]) for h in hs]
+            prev = scale
+        elif lname.startswith("pool"):
+            if pooling == "max":
+                hs = [ops.max_pool2d_forward(h, 2, 2)[0] for h in hs]
+            else:
+                hs = [ops.avg_pool2d_forward(h, 2, 2) for h in hs]
     out = dict(params)
     out.update(current)
     if "fc6" in params:
@@ -194,6 +217,9 @@ def normalize(in_path, out_path, image_paths=None, size=224, pooling="max", devi
         raise MiniVGGError(f"{in_path}: unknown arch {arch!r} in the weights file")
     images = load_images(image_paths) if image_paths else builtin_images()
     images = [resize_shorter(im, size) for im in images]
+    small = [im.shape[:2] for im in images if min(im.shape[:2]) < 32]
+    if small:
+        raise MiniVGGError(f"image of {small[0][0]}x{small[0][1]} pixels is too small: VGG needs at least 32 a side (use --size)")
     log(f"measuring mean activations of {arch} on {len(images)} image(s), conv1_1 upward")
     new, means = normalize_upward(arch, params, meta["convention"], images, pooling=pooling, device=device)
     dead = sum(int(dead_mask(m).sum()) for m in means.values())
