@@ -722,13 +722,23 @@ def build_parser():
         except ModuleNotFoundError as e:
             if e.name == modname:
                 continue
-            raise
+            _extension_warning(modname, e)
+            continue
+        except Exception as e:  # a broken extension must not take the core commands down
+            _extension_warning(modname, e)
+            continue
+        if not hasattr(mod, "add_parser"):
+            continue
         before = set(sub.choices)
         mod.add_parser(sub)
         for name in set(sub.choices) - before:
             if sub.choices[name].get_default("_run") is None:
                 sub.choices[name].set_defaults(_run=mod.run)
     return parser
+
+
+def _extension_warning(modname, e):
+    sys.stderr.write(f"{PROG}: warning: cannot load {modname} ({type(e).__name__}: {e}); its commands are unavailable\n")
 
 
 def _version():
