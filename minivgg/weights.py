@@ -103,15 +103,18 @@ def cache_dir():
     return os.environ.get("MINIVGG_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "minivgg")
 
 
-def default_weights_path(arch):
+def default_weights_path(arch, classifier=False):
     """The weights file to use when none is given: ``$MINIVGG_WEIGHTS``, else a converted
-    file for ``arch`` in the cache, else ``None`` (random weights)."""
+    file for ``arch`` in the cache (``<arch>-*.h5``, as ``weights_tools fetch`` names them;
+    with ``classifier=True`` one converted with the classifier, ``*-fc.h5``, is preferred),
+    else ``None`` (random weights)."""
     env = os.environ.get("MINIVGG_WEIGHTS")
     if env:
         return env
     d = cache_dir()
-    if os.path.isdir(d):
-        for name in sorted(os.listdir(d)):
-            if name.startswith(arch + "-") and name.endswith(".h5"):
-                return os.path.join(d, name)
-    return None
+    if not os.path.isdir(d):
+        return None
+    found = [n for n in sorted(os.listdir(d)) if n.startswith(arch + "-") and n.endswith(".h5")]
+    if classifier:
+        found.sort(key=lambda n: not n.endswith("-fc.h5"))
+    return os.path.join(d, found[0]) if found else None

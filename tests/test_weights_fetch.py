@@ -224,3 +224,14 @@ def test_sha256_prefix_in_torchvision_name_is_checked(tmp_path):
         fetch._verify(str(p), fetch.SOURCES["vgg16-torchvision"])
     good = hashlib.sha256(b"not the weights").hexdigest()[:8]
     fetch._verify(str(p), {"sha256_prefix": good})
+
+
+def test_default_weights_path_prefers_classifier_when_asked(home, monkeypatch):
+    home.mkdir(parents=True)
+    for n in ("vgg19-caffe.h5", "vgg19-torchvision-fc.h5", "vgg16-caffe.h5", "vgg19-notes.txt"):
+        (home / n).write_bytes(b"")
+    assert mw.default_weights_path("vgg19") == str(home / "vgg19-caffe.h5")
+    assert mw.default_weights_path("vgg19", classifier=True) == str(home / "vgg19-torchvision-fc.h5")
+    assert mw.default_weights_path("vgg16", classifier=True) == str(home / "vgg16-caffe.h5")
+    monkeypatch.setenv("MINIVGG_WEIGHTS", "/elsewhere/w.h5")
+    assert mw.default_weights_path("vgg19") == "/elsewhere/w.h5"

@@ -129,6 +129,7 @@ def test_handmade_checkpoint_reads_with_strides(tmp_path):
     ((2,), (1,), 11, 12, 48, "reaches element 12"),
     ((3,), (1,), 0, 12, 40, "needs 48 bytes"),
     ((3,), (1,), 0, 1 << 40, 48, "needs"),
+    ((1 << 40,), (0,), 0, 12, 48, "implausibly large"),
 ])
 def test_sizes_offsets_strides_checked_against_bytes(tmp_path, size, stride, offset, numel, nbytes, match):
     p = tmp_path / "lie.pth"
@@ -188,3 +189,12 @@ def test_truncated_legacy_and_zip_checkpoints(tmp_path, capsys):
             err = capsys.readouterr().err
             assert err.startswith("error: ") and p.name in err and len(err.strip().splitlines()) == 1, err
             assert not out.exists()
+
+
+@pytest.mark.torch
+def test_pickled_module_refused_with_hint(tmp_path):
+    torch = pytest.importorskip("torch")
+    p = tmp_path / "model.pth"
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), str(p))
+    with pytest.raises(MiniVGGError, match="refusing.*torch.nn.*state_dict"):
+        torch_pickle.load(str(p))

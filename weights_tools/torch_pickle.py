@@ -34,6 +34,7 @@ from minivgg.errors import MiniVGGError
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
+MAX_ELEMENTS = 1 << 31  # 8 GiB of float32; VGG's largest tensor (fc6) has 103M
 
 # storage type name -> numpy dtype (little-endian, as torch writes on every platform we read)
 STORAGE_DTYPES = {
@@ -158,9 +159,11 @@ class RestrictedUnpickler(pickle.Unpickler):
             return fn
         if module in ("torch", "torch.cuda") and name in STORAGE_DTYPES:
             return StorageType(name)
+        hint = " (a pickled model object: save model.state_dict() instead)" if module.startswith("torch") else \
+            " (a checkpoint should hold only tensors; this file may be hostile)"
         raise MiniVGGError(
             f"{self.where}: refusing to load: the pickle asks for '{module}.{name}', which is not a tensor "
-            "or state-dict type (a checkpoint should hold only tensors; this file may be hostile)"
+            f"or state-dict type{hint}"
         )
 
     def persistent_load(self, pid):
@@ -193,7 +196,12 @@ def materialize(t, where, name):
     if arr is None:
         raise MiniVGGError(f"{where}: the data of tensor {name} (storage {t.storage.key}) is missing")
     n = arr.shape[0]
-    if any(s == 0 for s in t.size):
+    count = 1
+    for s in t.size:
+        count *= s
+    if count > MAX_ELEMENTS:
+        raise MiniVGGError(f"{where}: tensor {name} claims {count} elements (size {t.size}): implausibly large")
+    if count == 0:
         return np.zeros(t.size, dtype=np.float32)
     last = t.offset + sum((s - 1) * st for s, st in zip(t.size, t.stride))
     if last >= n:
@@ -258,6 +266,8 @@ def _load_zip(path, where):
             raise MiniVGGError(f"{where}: zip archive without data.pkl: not a PyTorch checkpoint")
         prefix = pkl[0][: -len("data.pkl")]
         have = set(names)
+        if f"{prefix}byteorder" in have and z.read(f"{prefix}byteorder").strip() == b"big":
+            raise MiniVGGError(f"{where}: big-endian checkpoints are not supported")
 
         def load_storage(st):
             rec = f"{prefix}data/{st.key}"
