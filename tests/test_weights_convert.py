@@ -388,3 +388,33 @@ def test_torch_checkpoint_wrapped_and_data_parallel(tmp_path, p16):
     torch.save(wrapped, str(p))
     params, _ = assemble(read_source(str(p)), "ckpt.pth")
     np.testing.assert_array_equal(params["conv5_3"][0], p16["conv5_3"][0])
+
+
+def test_matconvnet_old_layout_struct_array_filters_biases(tmp_path, p16):
+    """Older MatConvNet releases: ``layers`` a struct array, ``filters``/``biases``, and a
+    top-level ``normalization`` with a full mean image."""
+    import scipy.io
+
+    seq = gen.layer_sequence("vgg16")
+    dt = [("name", object), ("type", object), ("filters", object), ("biases", object)]
+    layers = np.zeros((1, len(seq)), dtype=dt)
+    for i, (name, kind) in enumerate(seq):
+        layers[0, i]["name"] = name
+        layers[0, i]["type"] = kind
+        if kind == "conv":
+            W, b = p16[name]
+            layers[0, i]["filters"] = W.transpose(2, 3, 1, 0)
+            layers[0, i]["biases"] = b.reshape(1, -1)
+        else:
+            layers[0, i]["filters"] = np.zeros((0, 0))
+            layers[0, i]["biases"] = np.zeros((0, 0))
+    avg = np.broadcast_to(np.array([120.0, 115.0, 100.0]), (8, 8, 3)).astype(np.float32)
+    p = str(tmp_path / "imagenet-vgg-verydeep-16-old.mat")
+    scipy.io.savemat(p, {"layers": layers, "normalization": {"averageImage": avg}})
+    src = read_source(p)
+    assert src.convention["mean"] == pytest.approx((120.0, 115.0, 100.0))
+    params, arch = assemble(src, "old.mat")
+    assert arch == "vgg16"
+    for name, (W, b) in p16.items():
+        np.testing.assert_array_equal(params[name][0], W)
+        np.testing.assert_array_equal(params[name][1], b)

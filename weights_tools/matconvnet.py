@@ -90,6 +90,8 @@ def read_mat(path):
         elif _field(L, "filters") is not None:
             W = np.asarray(_unwrap(_field(L, "filters")))
             b = np.asarray(_unwrap(_field(L, "biases")))
+        if W is not None and np.asarray(W).size == 0:  # struct arrays give every layer the field
+            W = b = None
         if W is not None:
             W = np.asarray(W, dtype=np.float32)
             if W.ndim < 4:  # MATLAB drops trailing singleton dims: (h, w, in) for out == 1
