@@ -418,3 +418,17 @@ def test_matconvnet_old_layout_struct_array_filters_biases(tmp_path, p16):
     for name, (W, b) in p16.items():
         np.testing.assert_array_equal(params[name][0], W)
         np.testing.assert_array_equal(params[name][1], b)
+
+
+def test_convention_override_and_reconvert_own_file(files, p16, tmp_path, capsys):
+    out = str(tmp_path / "a.h5")
+    assert cli.main(["convert", files["caffe_v2"], "--out", out, "--convention", "torchvision"]) == 0
+    assert "RGB" in capsys.readouterr().out
+    assert mw.read_weights(out)[1]["convention"]["scale"] == 1.0
+    again = str(tmp_path / "b.h5")
+    convert(out, again)
+    params, meta = mw.read_weights(again)
+    assert meta["source_format"] == "caffe" and meta["source_file"] == os.path.basename(files["caffe_v2"])
+    np.testing.assert_array_equal(params["conv2_1"][0], p16["conv2_1"][0])
+    with pytest.raises(MiniVGGError, match="overwrite the input"):
+        convert(again, again)

@@ -2,7 +2,6 @@
 code from the file (hostile pickles are refused before any call)."""
 
 import collections
-import io
 import os
 import pickle
 import struct
