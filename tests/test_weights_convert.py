@@ -234,6 +234,9 @@ def test_unknown_format_and_missing_file(tmp_path, capsys):
     p.write_text("hello, these are not weights\n")
     assert "unknown format" in _cli_error(capsys, ["convert", str(p), "--out", str(tmp_path / "o.h5")])
     assert "no such file" in _cli_error(capsys, ["convert", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "o.h5")])
+    proto = tmp_path / "VGG_ILSVRC_16_layers_deploy.prototxt"
+    proto.write_text('name: "VGG_ILSVRC_16_layers"\ninput: "data"\n')
+    assert "prototxt" in _cli_error(capsys, ["convert", str(proto), "--out", str(tmp_path / "o.h5")])
     empty = tmp_path / "empty.caffemodel"
     empty.write_bytes(b"")
     assert "empty" in _cli_error(capsys, ["inspect", str(empty)])

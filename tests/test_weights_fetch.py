@@ -198,6 +198,8 @@ def test_unreachable_server_and_404(home, server, capsys):
 def test_unknown_name_and_list(capsys, home):
     assert cli.main(["fetch", "vgg11-caffe"]) == 2
     assert "unknown weights name" in error_line(capsys)
+    assert cli.main(["fetch", NAME, "--keep-classifier"]) == 2
+    assert "no classifier" in error_line(capsys)
     assert cli.main(["fetch", "--list"]) == 0
     listing = capsys.readouterr().out
     for name in ("vgg19-caffe", "vgg16-caffe", "vgg19-torchvision", "vgg16-torchvision",

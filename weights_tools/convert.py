@@ -78,6 +78,9 @@ def detect_format(path):
         return "torch-legacy"
     if len(head) >= 262 and head[257:262] == b"ustar":
         raise MiniVGGError(f"{where}: a tar archive (PyTorch's pre-0.4 format?) is not supported; re-save it with torch.save")
+    text = head.lstrip()
+    if text.startswith((b"name:", b"input:", b"layer {", b"layers {", b"layer{", b"layers{")):
+        raise MiniVGGError(f"{where}: a text prototxt (the network description) holds no weights; give the .caffemodel")
     if caffe.looks_like_caffemodel(head):
         return "caffe"
     raise MiniVGGError(

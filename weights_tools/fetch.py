@@ -97,6 +97,8 @@ def fetch(name, dest_dir=None, keep_classifier=False, base_url=None, url=None, m
     if name not in SOURCES:
         raise MiniVGGError(f"unknown weights name {name!r}; choose one of {', '.join(SOURCES)}")
     entry = dict(SOURCES[name])
+    if keep_classifier and name.endswith("-notop"):
+        raise MiniVGGError(f"{name} has no classifier (fc6-fc8) to keep; fetch {name[:-6]} for one")
     if url is not None or md5 is not None or sha256 is not None:
         # user-supplied checksums replace the published ones (and are then the only check)
         entry.pop("md5", None)
