@@ -435,3 +435,17 @@ def test_convention_override_and_reconvert_own_file(files, p16, tmp_path, capsys
     np.testing.assert_array_equal(params["conv2_1"][0], p16["conv2_1"][0])
     with pytest.raises(MiniVGGError, match="overwrite the input"):
         convert(again, again)
+
+
+@pytest.mark.torch
+def test_torch_state_dict_with_other_key_names(tmp_path, p16):
+    torch = pytest.importorskip("torch")
+    sd = {}
+    for name, (W, b) in p16.items():
+        sd[f"{name}.weight"] = torch.from_numpy(W)
+        sd[f"{name}.bias"] = torch.from_numpy(b)
+    p = tmp_path / "named.pth"
+    torch.save(sd, str(p))
+    params, arch = assemble(read_source(str(p)), "named.pth")
+    assert arch == "vgg16"
+    np.testing.assert_array_equal(params["conv4_2"][0], p16["conv4_2"][0])

@@ -184,6 +184,9 @@ def _read_torch(path):
             continue
         (feats if k.startswith("features.") else cls).setdefault(int(m.group(1)), {})[m.group(2)] = v
     if not feats:
+        src = _generic_vgg_state_dict(sd)
+        if src is not None:
+            return src
         shown = ", ".join(list(sd)[:4])
         raise MiniVGGError(f"{where}: not a VGG state dict: no 'features.N.weight' keys (found {shown}, ...)")
     if unknown:
@@ -200,6 +203,32 @@ def _read_torch(path):
                 raise MiniVGGError(f"{where}: {prefix}.{idx} has no {missing}")
             out.append((f"{prefix}.{idx}", wb["weight"], wb["bias"]))
     return src
+
+
+def _generic_vgg_state_dict(sd):
+    """A state dict with other key names (``conv1_1.weight``, ``body.3.weight`` ...): accepted
+    when it is nothing but weight/bias pairs, in order, of thirteen or sixteen 3x3
+    convolutions followed by zero or three linear layers. Otherwise None."""
+    groups = {}
+    for k, v in sd.items():
+        m = re.match(r"^(.+)\.(weight|bias)$", k)
+        if not m or not isinstance(v, np.ndarray):
+            return None
+        groups.setdefault(m.group(1), {})[m.group(2)] = v
+    convs, fcs = [], []
+    for prefix, wb in groups.items():
+        if set(wb) != {"weight", "bias"}:
+            return None
+        W = wb["weight"]
+        if W.ndim == 4 and W.shape[2:] == (3, 3) and not fcs:
+            convs.append((prefix, W, wb["bias"]))
+        elif W.ndim == 2:
+            fcs.append((prefix, W, wb["bias"]))
+        else:
+            return None
+    if len(convs) not in (13, 16) or len(fcs) not in (0, 3):
+        return None
+    return Source("torch", convs=convs, fcs=fcs, convention=dict(mw.TORCHVISION))
 
 
 def _read_keras(path):
