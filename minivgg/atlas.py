@@ -40,7 +40,7 @@ def add_parser(subparsers):
         "atlas", help="contact sheet of what each layer keeps: content, texture, style per layer",
         description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
-    p.set_defaults(run=run)
+    p.set_defaults(_run=run)
     return p
 
 

@@ -34,6 +34,21 @@ import numpy as np
 
 from .errors import MiniVGGError
 
+# ------------------------------------------------------------------ the commands
+def add_parser(subparsers):
+    """Add ``atlas`` and ``sweep`` to the CLI's sub-parsers (minivgg/cli.py lists this
+    module in EXTENSION_MODULES)."""
+    from . import atlas, sweep
+
+    atlas.add_parser(subparsers)
+    sweep.add_parser(subparsers)
+
+
+def run(args):
+    """Run the command that ``args`` came from (atlas or sweep)."""
+    return args._run(args)
+
+
 # ------------------------------------------------------------------ parameters
 ARCHS = ("vgg16", "vgg19")
 POOLINGS = ("avg", "max")
@@ -334,20 +349,33 @@ def finished(result):
 
 
 def _limit_threads(n):
-    """Keep ``n`` threads per worker process so that workers do not fight over cores."""
+    """Keep ``n`` threads (numba, BLAS, minivgg's own pool) in this process, so that
+    worker processes do not fight over the cores; returns a function that undoes it."""
+    undo = []
+    env = os.environ.get("MINIVGG_NUM_THREADS")
     os.environ["MINIVGG_NUM_THREADS"] = str(n)
+    undo.append(lambda: os.environ.__setitem__("MINIVGG_NUM_THREADS", env) if env is not None
+                else os.environ.pop("MINIVGG_NUM_THREADS", None))
     try:
         import numba
 
+        before = numba.get_num_threads()
         numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+        undo.append(lambda: numba.set_num_threads(before))
     except Exception:
         pass
     try:
         from threadpoolctl import threadpool_limits
 
-        threadpool_limits(n)
+        undo.append(threadpool_limits(n).restore_original_limits)
     except Exception:
         pass
+
+    def restore():
+        for f in reversed(undo):
+            f()
+
+    return restore
 
 
 def _init_worker(threads):
@@ -436,6 +464,7 @@ def _execute_dask(cells, address, deliver):
         from dask.distributed import Client, as_completed
     except ImportError:
         raise MiniVGGError("--scheduler needs Dask: pip install 'minivgg[dask]' (dask[distributed])") from None
+    _check_reachable(address)
     try:
         client = Client(address, timeout="15s")
     except Exception as e:
@@ -461,6 +490,23 @@ def _execute_dask(cells, address, deliver):
         with contextlib.suppress(Exception):
             client.close()
     return "done"
+
+
+def _check_reachable(address):
+    """Fail fast (instead of after the client's timeout) when nothing listens at a
+    tcp:// address."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if "://" not in address:
+        address = "tcp://" + address
+    parts = urlsplit(address)
+    if parts.scheme != "tcp" or not parts.hostname or not parts.port:
+        return
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=10).close()
+    except OSError as e:
+        raise MiniVGGError(f"cannot reach the Dask scheduler at {address}: {e.strerror or e}") from None
 
 
 def progress_bar(total, initial=0, desc="runs", quiet=False, unit="run"):

@@ -63,7 +63,7 @@ def add_parser(subparsers):
                               description=__doc__.split("\n\n", 1)[1],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
-    p.set_defaults(run=run)
+    p.set_defaults(_run=run)
     return p
 
 
@@ -93,8 +93,14 @@ def add_arguments(p):
 # ------------------------------------------------------------------ the plan
 def load_config(path):
     """The TOML config as a dict, relative paths made relative to its folder."""
-    import tomllib
-
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise MiniVGGError("TOML configs need Python >= 3.11 (or: pip install tomli); "
+                               "use --grid/--set options instead") from None
     try:
         with open(path, "rb") as f:
             cfg = tomllib.load(f)
@@ -279,7 +285,7 @@ def run(args):
             kind = "|".join(kind) if isinstance(kind, tuple) else ("|".join(ex.INITS[method]) if kind == "init"
                                                                   else kind)
             d = ex.format_value(defaults.get(n)) or "(method default)"
-            print(f"{n:16s} {kind:16s} default {d}")
+            print(f"{n:15s} {kind:18s} default {d}")
         return 0
     sweep = plan(args)
     out = sweep["out"]
