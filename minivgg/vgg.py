@@ -218,7 +218,7 @@ def load_vgg(arch="vgg19", weights=None, pooling="avg", device="cpu", keep_class
     conv_specs(arch)  # validates arch
     source = None
     if weights is None:
-        path = weights_mod.default_weights_path(arch)
+        path = weights_mod.default_weights_path(arch, classifier=keep_classifier)
         if path is None:
             sys.stderr.write(
                 f"minivgg: warning: no pretrained {arch} weights found; using random weights (seed {seed}). "
