@@ -1,0 +1,289 @@
+"""Winograd F(4x4, 3x3) convolution for 3x3 stride-1 pad-1 layers (NCHW, float32).
+
+A 3x3 correlation producing a 4x4 output tile from a 6x6 input tile d is
+
+    Y = A^T [ (G g G^T) (.) (B^T d B) ] A                        (Lavin & Gray 2016)
+
+with (.) the element-wise product and, for the interpolation points 0, 1, -1, 2, -2, inf,
+
+    B^T = [[4,  0, -5,  0, 1, 0],      G = [[ 1/4,     0,    0],     A^T = [[1, 1,  1, 1,  1, 0],
+           [0, -4, -4,  1, 1, 0],           [-1/6,  -1/6, -1/6],            [0, 1, -1, 2, -2, 0],
+           [0,  4, -4, -1, 1, 0],           [-1/6,   1/6, -1/6],            [0, 1,  1, 4,  4, 0],
+           [0, -2, -1,  2, 1, 0],           [1/24,  1/12,  1/6],            [0, 1, -1, 8, -8, 1]]
+           [0,  2, -1, -2, 1, 0],           [1/24, -1/12,  1/6],
+           [0,  4,  0, -5, 0, 1]]           [   0,     0,    1]]
+
+Summed over input channels, the 36 element-wise products become 36 independent GEMMs
+(one per position xi of the 6x6 transformed tile):
+
+    M[xi] (Cout x T) = U[xi] (Cout x Cin) @ V[xi] (Cin x T),
+    U[xi][o, c] = (G W[o, c] G^T)[xi],   V[xi][c, t] = (B^T d_{c,t} B)[xi],
+
+so a layer does 36 * T * Cin * Cout multiply-adds instead of 9 * 16 * T * Cin * Cout: a
+quarter. The input and output transforms are numba kernels; the GEMMs go to numpy's BLAS.
+
+Backward to the input. For y = conv(x, W) with 3x3 kernels, stride 1, pad 1,
+dx = conv(dy, W'), W'[c, o] = W[o, c] flipped in both spatial axes (a full correlation with
+the rotated kernel, cropped back by the same one-pixel padding). So the same forward path
+serves the backward, with W' transformed once (docs/winograd.md has the derivation and the
+measured errors).
+
+Work is split over a small pool of threads by bands of tile rows; each thread runs the whole
+transform -> GEMM -> transform pipeline on its band with single-threaded BLAS, so the data of
+a band stays in that core's cache and BLAS and numba never compete for cores.
+"""
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from numba import njit
+
+# ---------------------------------------------------------------- the transform matrices
+# Interpolation points 0, 1, -1, 1/2, -2 and infinity: about 3x smaller float32 error than
+# the usual 0, +-1, +-2 (Barabasz et al. 2020; measured in docs/winograd.md).
+BT = np.array(
+    [
+        [1, -3 / 2, -2, 3 / 2, 1, 0],
+        [0, -1, 1 / 2, 5 / 2, 1, 0],
+        [0, 1, -5 / 2, 1 / 2, 1, 0],
+        [0, -2, -1, 2, 1, 0],
+        [0, 1 / 2, -1, -1 / 2, 1, 0],
+        [0, 1, -3 / 2, -2, 3 / 2, 1],
+    ],
+    dtype=np.float64,
+)
+G = np.array(
+    [
+        [1, 0, 0],
+        [1 / 3, 1 / 3, 1 / 3],
+        [-1 / 3, 1 / 3, -1 / 3],
+        [-16 / 15, -8 / 15, -4 / 15],
+        [1 / 15, -2 / 15, 4 / 15],
+        [0, 0, 1],
+    ],
+    dtype=np.float64,
+)
+AT = np.array(
+    [
+        [1, 1, 1, 1, 1, 0],
+        [0, 1, -1, 1 / 2, -2, 0],
+        [0, 1, 1, 1 / 4, 4, 0],
+        [0, 1, -1, 1 / 8, -8, 1],
+    ],
+    dtype=np.float64,
+)
+
+
+# Backward to the input. dx is the correlation of dy with the kernels rotated by 180
+# degrees, channels transposed. Rotating g reverses its coefficients, and the reversed
+# polynomial evaluated at p is p^2 g(1/p): so the Winograd algorithm built on the inverse
+# points (inf, 1, -1, 2, -1/2, 0) has, row for row, the forward G up to a permutation and a
+# scale, G' J = D P G. Folding D and P into its B^T and A^T (rows of B^T, columns of A^T)
+# gives matrices for which
+#     dx_tile = AT_BWD [ U^T (.) (BT_BWD dy_tile BT_BWD^T) ] AT_BWD^T
+# with the *same* transformed weights U as the forward pass, transposed over channels.
+# No second copy of the weights; docs/winograd.md has the derivation.
+BT_BWD = np.array(
+    [
+        [0, 1, 3 / 2, -2, -3 / 2, 1],
+        [0, 1, 5 / 2, 1 / 2, -1, 0],
+        [0, -1, -1 / 2, 5 / 2, -1, 0],
+        [0, 1 / 8, 1 / 4, -1 / 8, -1 / 4, 0],
+        [0, -8, 4, 8, -4, 0],
+        [1, 3 / 2, -2, -3 / 2, 1, 0],
+    ],
+    dtype=np.float64,
+)
+AT_BWD = np.array(
+    [
+        [0, 1, 1, 1, 1, 1],
+        [0, 1, -1, 2, -1 / 2, 0],
+        [0, 1, 1, 4, 1 / 4, 0],
+        [1, 1, -1, 8, -1 / 8, 0],
+    ],
+    dtype=np.float64,
+)
+
+ALGORITHMS = {"fwd": (BT, AT), "bwd": (BT_BWD, AT_BWD)}
+
+
+def transform_weights(W):
+    """U (36, Cout, Cin) float32 with U[xi] = (G W[o, c] G^T)[xi], computed in float64."""
+    W = np.asarray(W, dtype=np.float64)
+    U = np.einsum("ka,ocab,lb->kloc", G, W, G, optimize=True)
+    cout, cin = W.shape[0], W.shape[1]
+    return np.ascontiguousarray(U.reshape(36, cout, cin), dtype=np.float32)
+
+
+def backward_weights(W):
+    """The kernels of the backward-to-input convolution: W'[c, o] = W[o, c] rotated 180 deg."""
+    return np.ascontiguousarray(np.asarray(W).transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+
+
+# ---------------------------------------------------------------- numba kernels
+# Generated from ALGORITHMS by winograd_codegen.py (constants spelled out so LLVM vectorises).
+from .winograd_kernels import (  # noqa: E402
+    _input_transform_bwd,
+    _input_transform_fwd,
+    _output_transform_bwd,
+    _output_transform_fwd,
+)
+
+_KERNELS = {
+    False: (_input_transform_fwd, _output_transform_fwd),
+    True: (_input_transform_bwd, _output_transform_bwd),
+}
+
+
+# ---------------------------------------------------------------- threads
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def num_threads():
+    """Threads used by the fast CPU path: MINIVGG_NUM_THREADS, else the usable cores."""
+    env = os.environ.get("MINIVGG_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _pool():
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=num_threads(), thread_name_prefix="minivgg")
+        return _POOL
+
+
+class _Workspace:
+    """Per-thread V and M buffers, grown on demand and reused across calls."""
+
+    def __init__(self):
+        self.buf = np.empty(0, np.float32)
+
+    def get(self, n):
+        if self.buf.size < n:
+            self.buf = np.empty(n, np.float32)
+        return self.buf[:n]
+
+
+_LOCAL = threading.local()
+
+
+def _workspace():
+    ws = getattr(_LOCAL, "ws", None)
+    if ws is None:
+        ws = _LOCAL.ws = _Workspace()
+    return ws
+
+
+def _band(x, mask, U, b, relu, y, ti0, ti1, tw, backward):
+    """The whole pipeline on tile rows ti0..ti1-1 of one image, in this thread."""
+    fin, fout = _KERNELS[backward]
+    cin = x.shape[0]
+    cout = y.shape[0]
+    T = (ti1 - ti0) * tw
+    buf = _workspace().get(36 * T * (cin + cout))
+    V = buf[: 36 * T * cin].reshape(36, cin, T)
+    M = buf[36 * T * cin :].reshape(36, cout, T)
+    fin(x, mask, 0, cin, ti0, ti1, tw, V)
+    np.matmul(U, V, out=M)
+    fout(M, b, relu, 0, cout, ti0, ti1, tw, y)
+
+
+def _split(n, parts):
+    """parts contiguous (start, stop) ranges covering range(n)."""
+    bounds = [n * k // parts for k in range(parts + 1)]
+    return [(bounds[k], bounds[k + 1]) for k in range(parts) if bounds[k + 1] > bounds[k]]
+
+
+def _wait(futures):
+    for f in futures:
+        f.result()
+
+
+def _whole(x, mask, U, b, relu, y, th, tw, nthreads, V, M, backward):
+    """One image, all tiles at once, each stage split over the threads (for small maps)."""
+    fin, fout = _KERNELS[backward]
+    pool = _pool()
+    _wait([pool.submit(fin, x, mask, c0, c1, 0, th, tw, V) for c0, c1 in _split(x.shape[0], nthreads)])
+    _wait([pool.submit(np.matmul, U[k0:k1], V[k0:k1], out=M[k0:k1]) for k0, k1 in _split(36, nthreads)])
+    _wait([pool.submit(fout, M, b, relu, o0, o1, 0, th, tw, y) for o0, o1 in _split(y.shape[0], nthreads)])
+
+
+MIN_BAND_TILES = 128  # below this many tiles per GEMM, BLAS is bound by reading U
+BAND_BYTES = 3 << 20  # V + M of one band: about what stays in cache
+
+
+def band_rows(th, tw, cin, cout, target_bytes=BAND_BYTES, min_tiles=MIN_BAND_TILES):
+    """Tile rows per band: V+M of one band near target_bytes but at least min_tiles tiles."""
+    per_row = 36 * tw * (cin + cout) * 4
+    rows = max(1, target_bytes // per_row, -(-min_tiles // tw))
+    return int(min(rows, th))
+
+
+_NO_MASK = np.empty((0, 0, 0), np.float32)
+
+
+def _conv(x, U, b, relu, mask, out, threads, backward):
+    from threadpoolctl import threadpool_limits
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, cin, H, Wd = x.shape
+    # forward: M[xi] = U[xi] @ V[xi]; backward: M[xi] = U[xi]^T @ V[xi] (a BLAS flag, no copy)
+    Ug = U.transpose(0, 2, 1) if backward else U
+    cout = Ug.shape[1]
+    if Ug.shape[2] != cin:
+        raise ValueError(f"weights for {Ug.shape[2]} input channels, input has {cin}")
+    b = np.zeros(cout, np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32)
+    if mask is not None:
+        mask = np.ascontiguousarray(mask, dtype=np.float32)
+    masks = [_NO_MASK if mask is None else mask[i] for i in range(n)]
+    th = -(-H // 4)
+    tw = -(-Wd // 4)
+    y = out if out is not None else np.empty((n, cout, H, Wd), np.float32)
+    nthreads = threads or num_threads()
+    rows = band_rows(th, tw, cin, cout)
+    bands = [(i, r0, min(th, r0 + rows)) for i in range(n) for r0 in range(0, th, rows)]
+    # One BLAS thread per call: the parallelism is ours (bands or stages over threads).
+    with threadpool_limits(1, user_api="blas"):
+        if nthreads == 1:
+            for i, r0, r1 in bands:
+                _band(x[i], masks[i], Ug, b, relu, y[i], r0, r1, tw, backward)
+        elif len(bands) >= 2 * nthreads:
+            pool = _pool()
+            _wait([pool.submit(_band, x[i], masks[i], Ug, b, relu, y[i], r0, r1, tw, backward) for i, r0, r1 in bands])
+        else:
+            T = th * tw
+            buf = np.empty(36 * T * (cin + cout), np.float32)
+            V = buf[: 36 * T * cin].reshape(36, cin, T)
+            M = buf[36 * T * cin :].reshape(36, cout, T)
+            for i in range(n):
+                _whole(x[i], masks[i], Ug, b, relu, y[i], th, tw, nthreads, V, M, backward)
+    return y
+
+
+def conv3x3_forward(x, U, b, relu=False, mask=None, out=None, threads=None):
+    """y = conv2d(x, W, b, stride 1, pad 1) (then ReLU when relu), U = transform_weights(W).
+
+    x (N, Cin, H, W) float32; U (36, Cout, Cin) float32; b (Cout,) float32 or None.
+    mask (N, Cin, H, W) or None: convolve x * (mask > 0) instead of x.
+    Large maps: bands of tile rows, each band's whole pipeline in one thread. Small maps
+    (fewer than two bands per thread): all tiles at once, each stage split over the threads.
+    """
+    return _conv(x, U, b, relu, mask, out, threads, False)
+
+
+def conv3x3_backward_input(dy, U, mask=None, out=None, threads=None):
+    """dx of y = conv2d(x, W, ., stride 1, pad 1) given dy, from the forward U = transform_weights(W).
+
+    dy (N, Cout, H, W) float32 -> dx (N, Cin, H, W). mask (N, Cout, H, W) or None: use
+    dy * (mask > 0), i.e. the backward of a ReLU whose output is mask, fused in.
+    """
+    return _conv(dy, U, None, False, mask, out, threads, True)

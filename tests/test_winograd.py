@@ -1,0 +1,185 @@
+"""Winograd F(4x4, 3x3) (minivgg/cpu/winograd.py) against a plain direct convolution.
+
+The reference is the definition, y[o,i,j] = b[o] + sum_{c,a,e} W[o,c,a,e] xp[c,i+a,j+e],
+in float64 numpy; sizes are odd on purpose (maps not multiples of the 4x4 tile, several
+bands, a batch of two)."""
+
+import numpy as np
+import pytest
+
+from minivgg.cpu import ops, winograd
+
+
+def direct_conv(x, W, b=None):
+    """3x3, stride 1, pad 1 correlation in float64: the definition, one shift at a time."""
+    x = np.asarray(x, np.float64)
+    W = np.asarray(W, np.float64)
+    n, c, h, w = x.shape
+    xp = np.zeros((n, c, h + 2, w + 2))
+    xp[:, :, 1:-1, 1:-1] = x
+    y = np.zeros((n, W.shape[0], h, w))
+    for a in range(3):
+        for e in range(3):
+            y += np.einsum("oc,nchw->nohw", W[:, :, a, e], xp[:, :, a : a + h, e : e + w])
+    if b is not None:
+        y += np.asarray(b, np.float64)[None, :, None, None]
+    return y
+
+
+def direct_conv_backward_input(dy, W):
+    """dx[c] = sum_o sum_{a,e} W[o,c,a,e] dy[o, u+1-a, v+1-e]: the adjoint, from its definition."""
+    dy = np.asarray(dy, np.float64)
+    W = np.asarray(W, np.float64)
+    n, o, h, w = dy.shape
+    dxp = np.zeros((n, W.shape[1], h + 2, w + 2))
+    for a in range(3):
+        for e in range(3):
+            dxp[:, :, a : a + h, e : e + w] += np.einsum("oc,nohw->nchw", W[:, :, a, e], dy)
+    return dxp[:, :, 1:-1, 1:-1]
+
+
+def rel(a, b):
+    return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
+
+
+def he_weights(rng, cout, cin):
+    return (rng.standard_normal((cout, cin, 3, 3)) * np.sqrt(2.0 / (9 * cin))).astype(np.float32)
+
+
+def test_transform_matrices_are_exact():
+    """A^T [(G g) * (B^T d)] is the 1-D correlation y_i = sum_k g_k d_{i+k}, and the backward
+    pair applied to the same G g is the correlation with the reversed kernel, exactly."""
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        g, d = rng.standard_normal(3), rng.standard_normal(6)
+        y = winograd.AT @ ((winograd.G @ g) * (winograd.BT @ d))
+        np.testing.assert_allclose(y, [g @ d[i : i + 3] for i in range(4)], rtol=0, atol=1e-13)
+        yb = winograd.AT_BWD @ ((winograd.G @ g) * (winograd.BT_BWD @ d))
+        np.testing.assert_allclose(yb, [g[::-1] @ d[i : i + 3] for i in range(4)], rtol=0, atol=1e-13)
+
+
+def test_generated_kernels_are_up_to_date():
+    import os
+
+    from minivgg.cpu import winograd_codegen
+
+    path = os.path.join(os.path.dirname(winograd.__file__), "winograd_kernels.py")
+    with open(path) as f:
+        assert f.read() == winograd_codegen.generate(winograd.ALGORITHMS), "run python -m minivgg.cpu.winograd_codegen"
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9), (1, 4, 13, 5), (2, 3, 1, 1), (1, 6, 4, 8), (1, 2, 2, 3)])
+def test_forward_matches_direct_on_odd_sizes(shape):
+    rng = np.random.default_rng(1)
+    n, cin, h, w = shape
+    cout = 6
+    x = rng.standard_normal(shape).astype(np.float32)
+    W = he_weights(rng, cout, cin)
+    b = rng.standard_normal(cout).astype(np.float32)
+    U = winograd.transform_weights(W)
+    ref = direct_conv(x, W, b)
+    for threads in (1, 2):
+        y = winograd.conv3x3_forward(x, U, b, threads=threads)
+        assert y.shape == (n, cout, h, w) and y.dtype == np.float32
+        assert rel(y, ref) < 2e-6
+        yr = winograd.conv3x3_forward(x, U, b, relu=True, threads=threads)
+        assert rel(yr, np.maximum(ref, 0)) < 2e-6
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 9), (1, 4, 13, 5), (2, 3, 1, 1)])
+def test_backward_to_input_matches_direct(shape):
+    """From the forward's U (inverse-point algorithm), and as the forward convolution of dy
+    with W' = W^T rotated 180 degrees: both equal the adjoint's definition."""
+    rng = np.random.default_rng(2)
+    n, cout, h, w = shape
+    cin = 7
+    W = he_weights(rng, cout, cin)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    ref = direct_conv_backward_input(dy, W)
+    U = winograd.transform_weights(W)
+    for threads in (1, 2):
+        dx = winograd.conv3x3_backward_input(dy, U, threads=threads)
+        assert dx.shape == (n, cin, h, w)
+        assert rel(dx, ref) < 2e-6
+    dx2 = winograd.conv3x3_forward(dy, winograd.transform_weights(winograd.backward_weights(W)), None)
+    assert rel(dx2, ref) < 2e-6
+
+
+def test_backward_with_fused_relu_mask():
+    """mask=y convolves dy * (y > 0): ReLU's backward folded into the input transform."""
+    rng = np.random.default_rng(3)
+    dy = rng.standard_normal((2, 5, 9, 7)).astype(np.float32)
+    y = np.maximum(rng.standard_normal(dy.shape), 0).astype(np.float32)
+    W = he_weights(rng, 5, 4)
+    dx = winograd.conv3x3_backward_input(dy, winograd.transform_weights(W), mask=y)
+    assert rel(dx, direct_conv_backward_input(dy * (y > 0), W)) < 2e-6
+
+
+def test_float64_transform_is_exact_to_rounding():
+    """The algorithm itself is exact: in float64 arithmetic (numpy, not the kernels) the
+    Winograd tiles reproduce the direct convolution to ~1e-15."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 8, 8))
+    W = rng.standard_normal((2, 3, 3, 3))
+    xp = np.zeros((3, 14, 14))
+    xp[:, 1:9, 1:9] = x
+    U = np.einsum("ka,ocab,lb->kloc", winograd.G, W, winograd.G)
+    y = np.zeros((2, 8, 8))
+    for ti in range(2):
+        for tj in range(2):
+            d = xp[:, 4 * ti : 4 * ti + 6, 4 * tj : 4 * tj + 6]
+            V = np.einsum("ka,cab,lb->klc", winograd.BT, d, winograd.BT)
+            M = np.einsum("kloc,klc->klo", U, V)
+            y[:, 4 * ti : 4 * ti + 4, 4 * tj : 4 * tj + 4] = np.einsum("rk,klo,sl->ors", winograd.AT, M, winograd.AT)
+    assert rel(y, direct_conv(x[None], W)[0]) < 1e-13
+
+
+def test_bands_and_threads_agree():
+    """Many bands over a batch (the pipelined path) and one band (stage-split) give the same."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 24, 70, 33)).astype(np.float32)
+    W = he_weights(rng, 20, 24)
+    b = rng.standard_normal(20).astype(np.float32)
+    U = winograd.transform_weights(W)
+    ref = direct_conv(x, W, b)
+    y1 = winograd.conv3x3_forward(x, U, b, threads=1)
+    y2 = winograd.conv3x3_forward(x, U, b, threads=2)
+    y3 = winograd.conv3x3_forward(x[:1], U, b, threads=2)
+    assert rel(y1, ref) < 3e-6 and rel(y2, ref) < 3e-6 and rel(y3, ref[:1]) < 3e-6
+    np.testing.assert_array_equal(y2[:1], y3)
+
+
+def test_vgg_sized_channels_error_bound():
+    """Realistic scale (He init, 256 -> 256 channels): within 1e-5 of the exact result."""
+    rng = np.random.default_rng(6)
+    x = np.maximum(rng.standard_normal((1, 256, 12, 12)), 0).astype(np.float32)
+    W = he_weights(rng, 256, 256)
+    y = winograd.conv3x3_forward(x, winograd.transform_weights(W), None)
+    assert rel(y, direct_conv(x, W)) < 1e-5
+
+
+def test_ops_route_and_fall_back(monkeypatch):
+    """ops.conv2d_forward/backward use Winograd where it applies and im2col otherwise,
+    with the same results; MINIVGG_CONV=im2col forces the baseline."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 32, 40, 36)).astype(np.float32)
+    W = he_weights(rng, 32, 32)
+    b = rng.standard_normal(32).astype(np.float32)
+    dy = rng.standard_normal((1, 32, 40, 36)).astype(np.float32)
+    monkeypatch.setattr(ops, "WINOGRAD_MIN_WORK", 1)
+    state = {}
+    y, cache = ops.conv2d_forward(x, W, b, 1, 1, state)
+    dx, dW, db = ops.conv2d_backward(dy, cache, True)
+    assert state["winograd"].shape == (36, 32, 32)  # one transform serves both directions
+    monkeypatch.setenv("MINIVGG_CONV", "im2col")
+    y0, cache0 = ops.conv2d_forward(x, W, b, 1, 1, {})
+    dx0, dW0, db0 = ops.conv2d_backward(dy, cache0, True)
+    assert rel(y, y0.astype(np.float64)) < 5e-6
+    assert rel(dx, dx0.astype(np.float64)) < 5e-6
+    np.testing.assert_array_equal(dW, dW0)
+    np.testing.assert_array_equal(db, db0)
+    assert rel(y0, direct_conv(x, W, b)) < 1e-6
+    # float64 and non-3x3 layers never take the Winograd path
+    monkeypatch.delenv("MINIVGG_CONV")
+    y64, _ = ops.conv2d_forward(x.astype(np.float64), W.astype(np.float64), b.astype(np.float64), 1, 1, {})
+    assert y64.dtype == np.float64 and rel(y64, direct_conv(x, W, b)) < 1e-12
