@@ -45,9 +45,11 @@ def add_parser(subparsers):
 
 
 def add_arguments(p):
-    p.add_argument("--image", required=True, help="the image to reconstruct (and the content of row 3)")
+    p.add_argument("--image", required=True,
+                   help="the image to reconstruct (and the content of row 3); a path or sample:NAME (a built-in photo)")
     p.add_argument("--out", required=True, help="the contact sheet, a .png (a .csv and -curves.png go beside it)")
-    p.add_argument("--style", help="a style image: row 2 uses its texture, and row 3 (style transfer) appears")
+    p.add_argument("--style", help="a style image (path or sample:NAME): row 2 uses its texture, and row 3 "
+                                   "(style transfer) appears")
     p.add_argument("--size", type=int, default=128, help="longest side of every run, in pixels (default 128)")
     p.add_argument("--iters", type=int, default=100, help="optimizer iterations per run (default 100)")
     p.add_argument("--arch", default="vgg19", choices=ex.ARCHS)
@@ -58,7 +60,7 @@ def add_arguments(p):
                    help="L-BFGS line search (default strong_wolfe: steadier from white noise)")
     p.add_argument("--lr", type=float, help="step size (default: the optimizer's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the white-noise start images")
-    p.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    p.add_argument("--device", default="cpu", choices=("cpu", "gpu", "emulated"))
     p.add_argument("--content-layers", default=",".join(CONTENT_LAYERS),
                    help="row 1's layers, comma-separated (default %(default)s)")
     p.add_argument("--style-layers", default=",".join(STYLE_LAYERS),
@@ -70,7 +72,8 @@ def add_arguments(p):
     p.add_argument("--regularize", action="store_true",
                    help="row 1 adds Mahendran & Vedaldi's alpha-norm and TV regularizers with their default weights "
                         "(default: the plain content loss, as in Gatys et al. 2016, Fig. 1)")
-    p.add_argument("--tile", type=int, help="tile size on the sheet in pixels (default max(size, 128))")
+    p.add_argument("--tile", type=int, help="tile size on the sheet in pixels (default: the size, enlarged by a whole factor to about 128 when "
+                        "smaller, at most 256)")
     p.add_argument("--workers", type=int, default=None,
                    help="runs at once in local processes (default min(2, cores); 1 = in this process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -78,7 +81,7 @@ def add_arguments(p):
 
 def plan(args):
     """Check every input and output and return (cells, meta); no work is done yet."""
-    from .image import check_writable, load_image
+    from .image import check_writable
 
     out = os.fspath(args.out)
     if os.path.splitext(out)[1].lower() != ".png":
@@ -94,8 +97,9 @@ def plan(args):
         raise MiniVGGError(f"--workers must be at least 1; got {args.workers}")
     if args.weights is not None and not os.path.isfile(args.weights):
         raise MiniVGGError(f"{args.weights}: no such weights file")
-    image = load_image(args.image)
-    style = load_image(args.style) if args.style else None
+    ex.check_device(args.device)
+    image = ex.load_input(args.image)
+    style = ex.load_input(args.style) if args.style else None
     content_layers = _layers(args.content_layers, args.arch, "--content-layers")
     style_layers = _layers(args.style_layers, args.arch, "--style-layers")
     for name, v in (("--content-weight", args.content_weight), ("--style-weight", args.style_weight),
@@ -194,7 +198,7 @@ def write_outputs(args, cells, meta, results, note):
     """The sheet, the CSV and the loss curves; each file written atomically."""
     stem = os.path.splitext(os.fspath(args.out))[0]
     csv_path, curves_path = stem + ".csv", stem + "-curves.png"
-    box = args.tile or max(args.size, 128)
+    box = args.tile or ex.default_box(args.size)
     weights = "random weights" if note else os.path.basename(meta["source"])
     title = [f"minivgg layer atlas: {args.arch}, {args.pooling} pooling, {weights}; {args.optimizer}, "
              f"{args.iters} iterations, size {args.size}, seed {args.seed}"]

@@ -271,6 +271,25 @@ def _net(arch, pooling, weights, device):
     return cache[key]
 
 
+def load_input(spec):
+    """An image path, or ``sample:NAME`` for a built-in photo (minivgg.image.SAMPLES)."""
+    from .image import load_image, sample_image
+
+    spec = os.fspath(spec)
+    if spec.startswith("sample:"):
+        return sample_image(spec[len("sample:"):])
+    return load_image(spec)
+
+
+def check_device(device):
+    """MiniVGGError up front when ``device`` cannot be used (e.g. no GPU)."""
+    try:
+        from .backend import check_device as check
+    except ImportError:  # pragma: no cover
+        return
+    check(device)
+
+
 def weights_source(arch, weights):
     """Where the weights of ``arch`` come from: the path, or ``"random"`` when none is
     given and none is found (see minivgg.weights.default_weights_path)."""
@@ -631,18 +650,28 @@ def wrap(fnt, text, width, seps=("+", " ", ",")):
 
 
 def fit(img, box):
-    """A PIL image of ``img`` (uint8 H x W x 3) scaled so its longer side is ``box``
-    pixels: Lanczos when shrinking, nearest neighbour when enlarging (so the pixels
-    of a small run stay visible as pixels)."""
+    """A PIL image of ``img`` (uint8 H x W x 3) for a ``box``-pixel tile: shrunk with
+    Lanczos so its longer side is ``box``, or enlarged by a whole factor with nearest
+    neighbour (so the pixels of a small run stay visible, all the same size) to at
+    most ``box``."""
     from PIL import Image
 
     im = Image.fromarray(np.ascontiguousarray(np.asarray(img, np.uint8)))
     w, h = im.size
-    s = box / max(w, h)
-    size = (max(1, int(round(w * s))), max(1, int(round(h * s))))
-    if size == (w, h):
-        return im
-    return im.resize(size, Image.NEAREST if s >= 1 else Image.LANCZOS)
+    if max(w, h) > box:
+        s = box / max(w, h)
+        return im.resize((max(1, int(round(w * s))), max(1, int(round(h * s)))), Image.LANCZOS)
+    k = box // max(w, h)
+    return im if k <= 1 else im.resize((w * k, h * k), Image.NEAREST)
+
+
+def default_box(size):
+    """The tile size for runs of ``size`` pixels: the size itself between 128 and 256,
+    256 above, and small sizes enlarged by a whole factor to reach 128 or just under."""
+    size = int(size)
+    if size >= 256:
+        return 256
+    return size if size >= 128 else size * max(1, 128 // size)
 
 
 class Tile:

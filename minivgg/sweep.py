@@ -75,11 +75,11 @@ def add_arguments(p):
                    help="fix a parameter for every cell; repeatable")
     p.add_argument("--out", help="the sweep's folder (created; an existing sweep there is resumed)")
     p.add_argument("--method", choices=ex.METHODS, help="style (default), texture, invert or dream")
-    p.add_argument("--content", help="content image (style)")
+    p.add_argument("--content", help="content image (style); a path or sample:NAME (a built-in photo)")
     p.add_argument("--style", nargs="+", help="style image(s) (style); texture source (texture)")
     p.add_argument("--image", help="the image (invert, dream; texture source when no --style)")
     p.add_argument("--weights", help="converted HDF5 weights (default: the fetched ones, else random weights)")
-    p.add_argument("--device", choices=("cpu", "gpu"))
+    p.add_argument("--device", choices=("cpu", "gpu", "emulated"))
     for name in SHORTCUTS:
         p.add_argument(f"--{name}", help=f"same as --set {name}=VALUE")
     p.add_argument("--workers", type=int, help="local worker processes (default min(2, cores); 1 = this process)")
@@ -122,7 +122,7 @@ def load_config(path):
         if not isinstance(v, list) or not v:
             raise MiniVGGError(f"{path}: grid.{k} must be a non-empty list of values")
     folder = os.path.dirname(os.path.abspath(path))
-    rel = lambda p: p if os.path.isabs(p) else os.path.join(folder, p)
+    rel = lambda p: p if os.path.isabs(p) or p.startswith("sample:") else os.path.join(folder, p)
     for k in ("content", "image", "weights", "out"):
         if k in cfg:
             if not isinstance(cfg[k], str):
@@ -146,8 +146,7 @@ def _split_assignment(text, option):
 def plan(args):
     """Read the config and options, check everything, and return the sweep as a dict
     (method, grid, fixed, inputs, cells, out, ...). Nothing is written."""
-    from .image import load_image
-
+    load_image = ex.load_input
     cfg = load_config(args.config) if args.config else {}
     method = args.method or cfg.get("method") or "style"
     if method not in ex.METHODS:
@@ -221,6 +220,7 @@ def plan(args):
             raise MiniVGGError(f"method {method} needs an image (--image)")
         inputs = {"image": load_image(image or content)}
     device = args.device or cfg.get("device") or "cpu"
+    ex.check_device(device)
     workers = args.workers if args.workers is not None else cfg.get("workers")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise MiniVGGError(f"workers must be a positive integer; got {workers!r}")
@@ -427,7 +427,7 @@ def write_pictures(sweep, rows, note, tile=None):
     cols = grid[col_name]
     row_combos = list(itertools.product(*(grid[n] for n in row_names))) or [()]
     sizes = [c["params"].get("size") or 128 for c in sweep["cells"]]
-    box = tile or max(128, min(256, max(sizes)))
+    box = tile or ex.default_box(max(sizes))
     by_grid = {tuple(c["grid"][n] for n in names): c for c in sweep["cells"]}
     sheet_rows, curves = [], []
     for combo in row_combos:
