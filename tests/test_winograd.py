@@ -183,3 +183,23 @@ def test_ops_route_and_fall_back(monkeypatch):
     monkeypatch.delenv("MINIVGG_CONV")
     y64, _ = ops.conv2d_forward(x.astype(np.float64), W.astype(np.float64), b.astype(np.float64), 1, 1, {})
     assert y64.dtype == np.float64 and rel(y64, direct_conv(x, W, b)) < 1e-12
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (1, 4, 8, 6), (1, 2, 2, 3)])
+def test_avg_pool2x2_kernels_match_the_general_loops(shape):
+    """fused.avg_pool2x2_* give exactly what the general k x k / stride s loops give."""
+    from minivgg.cpu import fused
+    from minivgg.cpu import im2col as general
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((shape[0] * shape[1],) + shape[2:]).astype(np.float32)
+    ho, wo = shape[2] // 2, shape[3] // 2
+    y, y0 = np.empty((x.shape[0], ho, wo), np.float32), np.empty((x.shape[0], ho, wo), np.float32)
+    fused.avg_pool2x2_forward(x, y)
+    general.avg_pool_forward(x, 2, 2, y0)
+    np.testing.assert_array_equal(y, y0)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dx0 = np.full(x.shape, np.nan, np.float32), np.empty(x.shape, np.float32)
+    fused.avg_pool2x2_backward(dy, dx)
+    general.avg_pool_backward(dy, 2, 2, dx0)
+    np.testing.assert_array_equal(dx, dx0)

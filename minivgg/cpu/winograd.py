@@ -38,7 +38,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from numba import njit
+from numpy.lib.stride_tricks import as_strided
 
 # ---------------------------------------------------------------- the transform matrices
 # Interpolation points 0, 1, -1, 1/2, -2 and infinity: about 3x smaller float32 error than
@@ -183,17 +183,32 @@ def _workspace():
     return ws
 
 
+ROW_PAD = 16  # floats after each of the 36 rows of V and M: one cache line
+
+
+def _buffers(buf, cin, cout, T):
+    """V (36, cin*T + pad) and M (36, cout*T + pad) in buf, and their (36, C, T) GEMM views."""
+    lv, lm = cin * T + ROW_PAD, cout * T + ROW_PAD
+    V = buf[: 36 * lv].reshape(36, lv)
+    M = buf[36 * lv : 36 * (lv + lm)].reshape(36, lm)
+    Vg = as_strided(V, (36, cin, T), (V.strides[0], T * 4, 4))
+    Mg = as_strided(M, (36, cout, T), (M.strides[0], T * 4, 4))
+    return V, M, Vg, Mg
+
+
+def _buffer_size(cin, cout, T):
+    return 36 * (cin * T + cout * T + 2 * ROW_PAD)
+
+
 def _band(x, mask, U, b, relu, y, ti0, ti1, tw, backward):
     """The whole pipeline on tile rows ti0..ti1-1 of one image, in this thread."""
     fin, fout = _KERNELS[backward]
     cin = x.shape[0]
     cout = y.shape[0]
     T = (ti1 - ti0) * tw
-    buf = _workspace().get(36 * T * (cin + cout))
-    V = buf[: 36 * T * cin].reshape(36, cin, T)
-    M = buf[36 * T * cin :].reshape(36, cout, T)
+    V, M, Vg, Mg = _buffers(_workspace().get(_buffer_size(cin, cout, T)), cin, cout, T)
     fin(x, mask, 0, cin, ti0, ti1, tw, V)
-    np.matmul(U, V, out=M)
+    np.matmul(U, Vg, out=Mg)
     fout(M, b, relu, 0, cout, ti0, ti1, tw, y)
 
 
@@ -208,12 +223,13 @@ def _wait(futures):
         f.result()
 
 
-def _whole(x, mask, U, b, relu, y, th, tw, nthreads, V, M, backward):
+def _whole(x, mask, U, b, relu, y, th, tw, nthreads, bufs, backward):
     """One image, all tiles at once, each stage split over the threads (for small maps)."""
     fin, fout = _KERNELS[backward]
+    V, M, Vg, Mg = bufs
     pool = _pool()
     _wait([pool.submit(fin, x, mask, c0, c1, 0, th, tw, V) for c0, c1 in _split(x.shape[0], nthreads)])
-    _wait([pool.submit(np.matmul, U[k0:k1], V[k0:k1], out=M[k0:k1]) for k0, k1 in _split(36, nthreads)])
+    _wait([pool.submit(np.matmul, U[k0:k1], Vg[k0:k1], out=Mg[k0:k1]) for k0, k1 in _split(36, nthreads)])
     _wait([pool.submit(fout, M, b, relu, o0, o1, 0, th, tw, y) for o0, o1 in _split(y.shape[0], nthreads)])
 
 
@@ -221,8 +237,10 @@ MIN_BAND_TILES = 128  # below this many tiles per GEMM, BLAS is bound by reading
 BAND_BYTES = 3 << 20  # V + M of one band: about what stays in cache
 
 
-def band_rows(th, tw, cin, cout, target_bytes=BAND_BYTES, min_tiles=MIN_BAND_TILES):
+def band_rows(th, tw, cin, cout, target_bytes=None, min_tiles=None):
     """Tile rows per band: V+M of one band near target_bytes but at least min_tiles tiles."""
+    target_bytes = BAND_BYTES if target_bytes is None else target_bytes
+    min_tiles = MIN_BAND_TILES if min_tiles is None else min_tiles
     per_row = 36 * tw * (cin + cout) * 4
     rows = max(1, target_bytes // per_row, -(-min_tiles // tw))
     return int(min(rows, th))
@@ -231,9 +249,21 @@ def band_rows(th, tw, cin, cout, target_bytes=BAND_BYTES, min_tiles=MIN_BAND_TIL
 _NO_MASK = np.empty((0, 0, 0), np.float32)
 
 
-def _conv(x, U, b, relu, mask, out, threads, backward):
-    from threadpoolctl import threadpool_limits
+_BLAS = None
 
+
+def _one_blas_thread():
+    """A context in which numpy's BLAS runs single-threaded (the controller, which scans the
+    loaded libraries, is built once: threadpool_limits() would rescan on every call, ~1 ms)."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
+
+
+def _conv(x, U, b, relu, mask, out, threads, backward):
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, cin, H, Wd = x.shape
     # forward: M[xi] = U[xi] @ V[xi]; backward: M[xi] = U[xi]^T @ V[xi] (a BLAS flag, no copy)
@@ -252,7 +282,7 @@ def _conv(x, U, b, relu, mask, out, threads, backward):
     rows = band_rows(th, tw, cin, cout)
     bands = [(i, r0, min(th, r0 + rows)) for i in range(n) for r0 in range(0, th, rows)]
     # One BLAS thread per call: the parallelism is ours (bands or stages over threads).
-    with threadpool_limits(1, user_api="blas"):
+    with _one_blas_thread():
         if nthreads == 1:
             for i, r0, r1 in bands:
                 _band(x[i], masks[i], Ug, b, relu, y[i], r0, r1, tw, backward)
@@ -261,11 +291,9 @@ def _conv(x, U, b, relu, mask, out, threads, backward):
             _wait([pool.submit(_band, x[i], masks[i], Ug, b, relu, y[i], r0, r1, tw, backward) for i, r0, r1 in bands])
         else:
             T = th * tw
-            buf = np.empty(36 * T * (cin + cout), np.float32)
-            V = buf[: 36 * T * cin].reshape(36, cin, T)
-            M = buf[36 * T * cin :].reshape(36, cout, T)
+            bufs = _buffers(np.empty(_buffer_size(cin, cout, T), np.float32), cin, cout, T)
             for i in range(n):
-                _whole(x[i], masks[i], Ug, b, relu, y[i], th, tw, nthreads, V, M, backward)
+                _whole(x[i], masks[i], Ug, b, relu, y[i], th, tw, nthreads, bufs, backward)
     return y
 
 

@@ -2,12 +2,16 @@
 from the matrices in minivgg/cpu/winograd.py; do not edit by hand.
 
 _input_transform_<alg>(x, mask, c0, c1, ti0, ti1, tw, V)
-    V[xi, c, t] = (B^T d B)[xi] for the 6x6 input tiles d of tile rows ti0..ti1-1 of x
+    V[xi, c * T + t] = (B^T d B)[xi] for the 6x6 input tiles d of tile rows ti0..ti1-1 of x
     (C, H, W), channels c0..c1-1; tile (ti, tj) covers rows 4ti-1..4ti+4 and columns
-    4tj-1..4tj+4 (outside the image: the zero padding), t = (ti - ti0) * tw + tj. When
+    4tj-1..4tj+4 (outside the image: the zero padding), t = (ti - ti0) * tw + tj,
+    T = (ti1 - ti0) * tw. V is (36, C * T + pad): rows padded so that the 36 rows a tile
+    writes do not fall into the same cache set (their stride would otherwise be a
+    multiple of 4 KiB). When
     mask has the shape of x, d is taken from x * (mask > 0) (ReLU's backward fused in).
 _output_transform_<alg>(M, b, relu, o0, o1, ti0, ti1, tw, y)
-    y[o, 4ti + r, 4tj + s] = (A^T M A)[r, s] + b[o] (then max(., 0) when relu), cropped.
+    y[o, 4ti + r, 4tj + s] = (A^T M[:, o * T + t] A)[r, s] + b[o] (then max(., 0) when
+    relu), cropped to the image.
 
 Every loop stores to compile-time row indices of arrays allocated here, so that LLVM
 vectorises it; the results are copied out with one-stream loops.
@@ -37,6 +41,7 @@ def _input_transform_fwd(x, mask, c0, c1, ti0, ti1, tw, V):
     Q = np.empty((6, 4, n4), np.float32)
     O = np.empty((36, tw), np.float32)
     row = np.zeros(4 * n4, np.float32)  # row[q] = x[c, r, q - 1], zero outside
+    T = (ti1 - ti0) * tw
     for c in range(c0, c1):
         for ti in range(ti0, ti1):
             r0 = 4 * ti - 1
@@ -155,12 +160,12 @@ def _input_transform_fwd(x, mask, c0, c1, ti0, ti1, tw, V):
                 O[33, j] = -_K2 * d1 - d2 + _K2 * d3 + d4
                 O[34, j] = _K1_2 * d1 - d2 - _K1_2 * d3 + d4
                 O[35, j] = d1 - _K3_2 * d2 - _K2 * d3 + _K3_2 * d4 + d5
-            t0 = (ti - ti0) * tw
+            base = c * T + (ti - ti0) * tw
             for xi in range(36):
-                Vr = V[xi, c]
+                Vr = V[xi]
                 Or = O[xi]
                 for j in range(tw):
-                    Vr[t0 + j] = Or[j]
+                    Vr[base + j] = Or[j]
 
 
 @njit(nogil=True, fastmath=True, cache=True)
@@ -170,19 +175,20 @@ def _output_transform_fwd(M, b, relu, o0, o1, ti0, ti1, tw, y):
     R = np.empty((4, 6, tw), np.float32)
     S = np.empty((4, 4, tw), np.float32)
     out = np.empty(4 * tw, np.float32)
+    T = (ti1 - ti0) * tw
     for o in range(o0, o1):
         bias = b[o]
         for ti in range(ti0, ti1):
-            t0 = (ti - ti0) * tw
+            t0 = o * T + (ti - ti0) * tw
             # A^T down each column l of the 6x6 tiles: R[r, l, j]
             for l in range(6):
                 for j in range(tw):
-                    m0 = M[l, o, t0 + j]
-                    m1 = M[6 + l, o, t0 + j]
-                    m2 = M[12 + l, o, t0 + j]
-                    m3 = M[18 + l, o, t0 + j]
-                    m4 = M[24 + l, o, t0 + j]
-                    m5 = M[30 + l, o, t0 + j]
+                    m0 = M[l, t0 + j]
+                    m1 = M[6 + l, t0 + j]
+                    m2 = M[12 + l, t0 + j]
+                    m3 = M[18 + l, t0 + j]
+                    m4 = M[24 + l, t0 + j]
+                    m5 = M[30 + l, t0 + j]
                     R[0, l, j] = m0 + m1 + m2 + m3 + m4
                     R[1, l, j] = m1 - m2 + _K1_2 * m3 - _K2 * m4
                     R[2, l, j] = m1 + m2 + _K1_4 * m3 + _K4 * m4
@@ -229,6 +235,7 @@ def _input_transform_bwd(x, mask, c0, c1, ti0, ti1, tw, V):
     Q = np.empty((6, 4, n4), np.float32)
     O = np.empty((36, tw), np.float32)
     row = np.zeros(4 * n4, np.float32)  # row[q] = x[c, r, q - 1], zero outside
+    T = (ti1 - ti0) * tw
     for c in range(c0, c1):
         for ti in range(ti0, ti1):
             r0 = 4 * ti - 1
@@ -347,12 +354,12 @@ def _input_transform_bwd(x, mask, c0, c1, ti0, ti1, tw, V):
                 O[33, j] = _K1_8 * d1 + _K1_4 * d2 - _K1_8 * d3 - _K1_4 * d4
                 O[34, j] = -_K8 * d1 + _K4 * d2 + _K8 * d3 - _K4 * d4
                 O[35, j] = d0 + _K3_2 * d1 - _K2 * d2 - _K3_2 * d3 + d4
-            t0 = (ti - ti0) * tw
+            base = c * T + (ti - ti0) * tw
             for xi in range(36):
-                Vr = V[xi, c]
+                Vr = V[xi]
                 Or = O[xi]
                 for j in range(tw):
-                    Vr[t0 + j] = Or[j]
+                    Vr[base + j] = Or[j]
 
 
 @njit(nogil=True, fastmath=True, cache=True)
@@ -362,19 +369,20 @@ def _output_transform_bwd(M, b, relu, o0, o1, ti0, ti1, tw, y):
     R = np.empty((4, 6, tw), np.float32)
     S = np.empty((4, 4, tw), np.float32)
     out = np.empty(4 * tw, np.float32)
+    T = (ti1 - ti0) * tw
     for o in range(o0, o1):
         bias = b[o]
         for ti in range(ti0, ti1):
-            t0 = (ti - ti0) * tw
+            t0 = o * T + (ti - ti0) * tw
             # A^T down each column l of the 6x6 tiles: R[r, l, j]
             for l in range(6):
                 for j in range(tw):
-                    m0 = M[l, o, t0 + j]
-                    m1 = M[6 + l, o, t0 + j]
-                    m2 = M[12 + l, o, t0 + j]
-                    m3 = M[18 + l, o, t0 + j]
-                    m4 = M[24 + l, o, t0 + j]
-                    m5 = M[30 + l, o, t0 + j]
+                    m0 = M[l, t0 + j]
+                    m1 = M[6 + l, t0 + j]
+                    m2 = M[12 + l, t0 + j]
+                    m3 = M[18 + l, t0 + j]
+                    m4 = M[24 + l, t0 + j]
+                    m5 = M[30 + l, t0 + j]
                     R[0, l, j] = m1 + m2 + m3 + m4 + m5
                     R[1, l, j] = m1 - m2 + _K2 * m3 - _K1_2 * m4
                     R[2, l, j] = m1 + m2 + _K4 * m3 + _K1_4 * m4
