@@ -2,12 +2,56 @@
 
 Same function names and contract on every backend (see ``minivgg/gpu`` for the CUDA
 twin); the math and its derivation live with the layers in ``minivgg/layers``.
-Convolution is im2col (numba, parallel) + one GEMM per image (numpy's BLAS).
+Convolution: 3x3 stride-1 pad-1 float32 layers with at least ``WINOGRAD_MIN_CHANNELS``
+channels on the side the GEMM sums over go through Winograd F(4x4, 3x3)
+(``minivgg/cpu/winograd.py``, docs/winograd.md); everything else, and every layer when
+``MINIVGG_CONV=im2col``, is im2col (numba, parallel) + one GEMM per image (numpy's BLAS).
 """
+
+import os
 
 import numpy as np
 
+from . import fused
 from . import im2col as k
+from . import winograd
+
+# Below this many input channels (conv1_1: 3) the Winograd GEMMs are too thin to pay for
+# the transforms; im2col's single GEMM with K = 9 * C is faster there.
+WINOGRAD_MIN_CHANNELS = 16
+# Winograd only where a layer has at least this much work per transformed weight:
+# 4x4 output tiles per image x the channels summed over. Smaller maps (conv5 at 256x256,
+# every layer of a thumbnail) gain little from it, and im2col's float32 result is closer
+# to the exact one there (docs/winograd.md: a ReLU sign flip on a tiny map is a visible
+# share of the gradient).
+WINOGRAD_MIN_WORK = 16384
+
+
+def conv_algorithm():
+    """``"winograd"`` (the default: Winograd where it applies) or ``"im2col"`` (always)."""
+    return "im2col" if os.environ.get("MINIVGG_CONV", "").lower() == "im2col" else "winograd"
+
+
+def _winograd_applies(x, W, stride, pad, summed_channels):
+    tiles = -(-x.shape[2] // 4) * -(-x.shape[3] // 4)
+    return (
+        W.shape[2:] == (3, 3)
+        and tiles * summed_channels >= WINOGRAD_MIN_WORK
+        and stride == 1
+        and pad == 1
+        and x.dtype == np.float32
+        and W.dtype == np.float32
+        and summed_channels >= WINOGRAD_MIN_CHANNELS
+        and conv_algorithm() == "winograd"
+    )
+
+
+def _winograd_weights(state, key, make):
+    """Transformed weights, computed once per layer and kept in the layer's state dict."""
+    U = state.get(key)
+    if U is None:
+        U = state[key] = make()
+    return U
 
 
 def _out_size(n, ksize, stride, pad):
@@ -15,7 +59,10 @@ def _out_size(n, ksize, stride, pad):
 
 
 def conv2d_forward(x, W, b, stride, pad, state):
-    """y[n] = W.reshape(Cout, C*kh*kw) @ im2col(x[n]) + b."""
+    """y[n] = W.reshape(Cout, C*kh*kw) @ im2col(x[n]) + b (or its Winograd equivalent)."""
+    if _winograd_applies(x, W, stride, pad, W.shape[1]):
+        U = _winograd_weights(state, "winograd", lambda: winograd.transform_weights(W))
+        return winograd.conv3x3_forward(x, U, b), (x, W, stride, pad, state)
     N, C, H, Wd = x.shape
     Cout, _, kh, kw = W.shape
     Ho, Wo = _out_size(H, kh, stride, pad), _out_size(Wd, kw, stride, pad)
@@ -26,23 +73,32 @@ def conv2d_forward(x, W, b, stride, pad, state):
         k.im2col(x[n], kh, kw, stride, pad, Ho, Wo, cols)
         np.matmul(W2, cols, out=y[n])
         y[n] += b[:, None]
-    return y.reshape(N, Cout, Ho, Wo), (x, W, stride, pad)
+    return y.reshape(N, Cout, Ho, Wo), (x, W, stride, pad, state)
 
 
 def conv2d_backward(dy, cache, param_grads):
-    """dx = col2im(W2^T @ dy[n]); dW = sum_n dy[n] @ im2col(x[n])^T; db = sum dy."""
-    x, W, stride, pad = cache
+    """dx = col2im(W2^T @ dy[n]); dW = sum_n dy[n] @ im2col(x[n])^T; db = sum dy.
+
+    For 3x3 stride 1 pad 1, dx is the convolution of dy with the flipped, transposed
+    kernels; the Winograd path computes it from the forward's transformed weights.
+    """
+    x, W, stride, pad, state = cache
     N, C, H, Wd = x.shape
     Cout, _, kh, kw = W.shape
     Ho, Wo = dy.shape[2], dy.shape[3]
     W2 = W.reshape(Cout, -1)
     dy2 = dy.reshape(N, Cout, Ho * Wo)
     dtype = np.result_type(dy.dtype, W.dtype)
-    dx = np.empty((N, C, H, Wd), dtype=dtype)
-    dcols = np.empty((C * kh * kw, Ho * Wo), dtype=dtype)
-    for n in range(N):
-        np.matmul(W2.T, dy2[n], out=dcols)
-        k.col2im(dcols, kh, kw, stride, pad, Ho, Wo, dx[n])
+    if dy.dtype == np.float32 and _winograd_applies(x, W, stride, pad, min(Cout, C)):
+        # the forward's transformed weights serve the backward too (winograd.py, AT_BWD)
+        U = _winograd_weights(state, "winograd", lambda: winograd.transform_weights(W))
+        dx = winograd.conv3x3_backward_input(dy, U)
+    else:
+        dx = np.empty((N, C, H, Wd), dtype=dtype)
+        dcols = np.empty((C * kh * kw, Ho * Wo), dtype=dtype)
+        for n in range(N):
+            np.matmul(W2.T, dy2[n], out=dcols)
+            k.col2im(dcols, kh, kw, stride, pad, Ho, Wo, dx[n])
     if not param_grads:
         return dx, None, None
     dW = np.zeros((Cout, C * kh * kw), dtype=dtype)
@@ -74,14 +130,22 @@ def _pool_shape(x_shape, ksize, s):
 def avg_pool2d_forward(x, ksize, s):
     N, C, Ho, Wo = _pool_shape(x.shape, ksize, s)
     y = np.empty((N * C, Ho, Wo), dtype=x.dtype)
-    k.avg_pool_forward(x.reshape(N * C, *x.shape[2:]), ksize, s, y)
+    x3 = np.ascontiguousarray(x).reshape(N * C, *x.shape[2:])
+    if ksize == 2 and s == 2 and x.dtype == np.float32:  # VGG's pooling: one pass of pair sums
+        fused.avg_pool2x2_forward(x3, y)
+    else:
+        k.avg_pool_forward(x3, ksize, s, y)
     return y.reshape(N, C, Ho, Wo)
 
 
 def avg_pool2d_backward(dy, x_shape, ksize, s):
     N, C, H, W = x_shape
     dx = np.empty((N * C, H, W), dtype=dy.dtype)
-    k.avg_pool_backward(np.ascontiguousarray(dy).reshape(N * C, *dy.shape[2:]), ksize, s, dx)
+    dy3 = np.ascontiguousarray(dy).reshape(N * C, *dy.shape[2:])
+    if ksize == 2 and s == 2 and dy.dtype == np.float32:
+        fused.avg_pool2x2_backward(dy3, dx)
+    else:
+        k.avg_pool_backward(dy3, ksize, s, dx)
     return dx.reshape(x_shape)
 
 
