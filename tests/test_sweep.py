@@ -123,6 +123,7 @@ def _wait_for_first_row(path, proc, timeout=120):
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_sweep_resumes(tmp_path, images, sig):
     out = tmp_path / "sw"
