@@ -1,7 +1,7 @@
 """``minivgg atlas``: what each VGG layer keeps of an image, on one labeled contact sheet.
 
-Rows (Gatys, Ecker & Bethge 2016, Fig. 1; Gatys et al. 2015, Fig. 1; Mahendran &
-Vedaldi 2015):
+Rows (Gatys, Ecker & Bethge 2016, Fig. 1; Gatys et al. 2015; Mahendran & Vedaldi
+2015):
 
 1. content: the image reconstructed from white noise from one layer alone
    (conv1_1, conv2_1, conv3_1, conv4_1, conv5_1; ``minivgg.methods.invert`` with
