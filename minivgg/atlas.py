@@ -76,6 +76,8 @@ def add_arguments(p):
                         "smaller, at most 256)")
     p.add_argument("--workers", type=int, default=None,
                    help="runs at once in local processes (default min(2, cores); 1 = in this process)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the runs on this Dask distributed scheduler instead (docs/experiments.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -167,8 +169,8 @@ def run(args):
     # deeper runs first, so that the last ones to finish are short (better use of the workers)
     order = sorted(cells, key=lambda c: -_cost(c))
     try:
-        status = ex.execute(order, workers=workers, on_result=lambda r: results.__setitem__(r["key"], r),
-                            progress=bar)
+        status = ex.execute(order, workers=workers, scheduler=args.scheduler,
+                            on_result=lambda r: results.__setitem__(r["key"], r), progress=bar)
     except KeyboardInterrupt:
         status = "interrupted"
     finally:

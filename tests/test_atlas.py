@@ -151,3 +151,16 @@ def test_atlas_error_is_one_line_from_the_command_line(tmp_path, images):
     assert p.returncode == 2
     assert p.stderr.startswith("error: ") and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
     assert not os.path.exists(tmp_path / "a.png")
+
+
+def test_atlas_on_a_dask_cluster(tmp_path, images, no_weights):
+    distributed = pytest.importorskip("distributed")
+    out = tmp_path / "a.png"
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        rc = main(["atlas", "--image", images[0], "--out", str(out), "--size", "32", "--iters", "2", "--arch",
+                   "vgg16", "--quiet", "--content-layers", "conv1_1", "--style-layers", "conv1_1,conv2_1",
+                   "--scheduler", cluster.scheduler_address])
+    assert rc == 0
+    assert [(r["row"], r["layers"]) for r in read_rows(tmp_path / "a.csv")] == [
+        ("content", "conv1_1"), ("texture", "conv1_1"), ("texture", "conv1_1+conv2_1")]
