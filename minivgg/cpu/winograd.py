@@ -109,12 +109,20 @@ AT_BWD = np.array(
 ALGORITHMS = {"fwd": (BT, AT), "bwd": (BT_BWD, AT_BWD)}
 
 
-def transform_weights(W):
-    """U (36, Cout, Cin) float32 with U[xi] = (G W[o, c] G^T)[xi], computed in float64."""
-    W = np.asarray(W, dtype=np.float64)
-    U = np.einsum("ka,ocab,lb->kloc", G, W, G, optimize=True)
+def transform_weights(W, block=32):
+    """U (36, Cout, Cin) float32 with U[xi] = (G W[o, c] G^T)[xi], computed in float64.
+
+    A few output channels at a time, so the float64 temporaries stay small (a whole
+    512x512 layer at once would briefly need ~130 MB).
+    """
+    W = np.asarray(W)
     cout, cin = W.shape[0], W.shape[1]
-    return np.ascontiguousarray(U.reshape(36, cout, cin), dtype=np.float32)
+    U = np.empty((36, cout, cin), np.float32)
+    for o0 in range(0, cout, block):
+        Wb = W[o0 : o0 + block].astype(np.float64)
+        Ub = np.einsum("ka,ocab,lb->kloc", G, Wb, G, optimize=True)
+        U[:, o0 : o0 + block] = Ub.reshape(36, -1, cin)
+    return U
 
 
 def backward_weights(W):
