@@ -282,6 +282,23 @@ def check_outputs(args):
             raise MiniVGGError(f"{args.log}: is a directory")
 
 
+class _EarlyInterrupt:
+    """SIGINT while a method command sets up (loads images, weights): the first one is
+    remembered, so that the run stops at its first iteration and still writes the
+    initial image and the log; a second one exits at once."""
+
+    def __init__(self):
+        self.interrupted = False
+
+    def __call__(self, signum, frame):
+        if self.interrupted:
+            raise KeyboardInterrupt
+        self.interrupted = True
+
+
+_EARLY = _EarlyInterrupt()
+
+
 class MethodRunner:
     """Runs a method function with the CLI's progress bar, snapshots, SIGINT handling,
     log and outputs.
@@ -296,12 +313,14 @@ class MethodRunner:
         self.args = args
         self.total_rows = total_rows
         self.desc = desc
-        self.interrupted = False
+        self.interrupted = _EARLY.interrupted
         self.optimizing = False
         self.bar = None
         self.rows = 0
 
     def _on_sigint(self, signum, frame):
+        if self.interrupted and not self.optimizing:  # a second Ctrl-C before the optimization: leave now
+            raise KeyboardInterrupt
         self.interrupted = True
         if self.optimizing:
             self.optimizing = False
@@ -416,15 +435,16 @@ def add_style_parser(sub):
                         "(the 'amalgamation' experiment), or an image file")
     g.add_argument("--original-colors", action="store_true",
                    help="keep the content's colours (luminance transfer: the result's Y with the content's I and Q)")
-    g.add_argument("--size", type=positive_int, default=512,
-                   help="longest side of the result; the content is resized to it (default 512)")
+    g.add_argument("--size", type=positive_int, default=None,
+                   help="longest side of the result; the content is resized to it (default: the content's own size; "
+                        "an image already of that size is not resampled)")
     g.add_argument("--scales", type=size_list, metavar="S1,S2,...",
                    help="coarse to fine, e.g. 256,512: --iters at each size, each stage starting from the previous "
                         "result upsampled (overrides --size)")
     add_net_options(p)
     add_optim_options(p, iters=500)
     add_output_options(p, "style.png")
-    p.set_defaults(_run=run_style)
+    p.set_defaults(_run=run_style, _graceful=True)
 
 
 def _init_arg(value):
@@ -474,7 +494,8 @@ def add_texture_parser(sub):
     g.add_argument("--layers", type=name_list, default=list(TEXTURE_LAYERS), metavar="L1,L2,...",
                    help=f"layers whose Gram matrices are matched (default {','.join(TEXTURE_LAYERS)})")
     g.add_argument("--layer-weights", type=float_list, metavar="W1,W2,...", help="w_l per layer (default 1/number)")
-    g.add_argument("--size", type=positive_int, default=256, help="longest side of the output (default 256)")
+    g.add_argument("--size", type=positive_int, default=None,
+                   help="longest side of the output (default: the source's size)")
     g.add_argument("--source-size", type=positive_int, default=None,
                    help="resize the source to this longest side first (default: its own size)")
     g.add_argument("--style-weight", type=nonneg_float, default=1.0, help="weight of the Gram term (default 1)")
@@ -483,7 +504,7 @@ def add_texture_parser(sub):
     add_net_options(p)
     add_optim_options(p, iters=500)
     add_output_options(p, "texture.png")
-    p.set_defaults(_run=run_texture)
+    p.set_defaults(_run=run_texture, _graceful=True)
 
 
 def run_texture(args):
@@ -517,7 +538,7 @@ def add_invert_parser(sub):
     g.add_argument("--image", required=True, metavar="IMG", help="image to reconstruct (or sample:NAME)")
     g.add_argument("--layer", type=name_list, default=[INVERT_LAYER], metavar="LAYER",
                    help=f"layer(s) whose response is matched (default {INVERT_LAYER})")
-    g.add_argument("--size", type=positive_int, default=256, help="longest side to work at (default 256)")
+    g.add_argument("--size", type=positive_int, default=None, help="longest side to work at (default: the image's own)")
     g.add_argument("--content-weight", type=nonneg_float, default=1.0, help="weight of the feature loss (default 1)")
     g.add_argument("--alpha", type=positive_float, default=6.0, help="alpha-norm exponent (default 6)")
     g.add_argument("--alpha-weight", type=nonneg_float, default=None,
@@ -529,7 +550,7 @@ def add_invert_parser(sub):
     add_net_options(p)
     add_optim_options(p, iters=300)
     add_output_options(p, "invert.png")
-    p.set_defaults(_run=run_invert)
+    p.set_defaults(_run=run_invert, _graceful=True)
 
 
 def run_invert(args):
@@ -563,7 +584,7 @@ def add_dream_parser(sub):
     g.add_argument("--image", required=True, metavar="IMG", help="start image (or sample:NAME)")
     g.add_argument("--layer", default=DREAM_LAYER, help=f"layer to enhance (default {DREAM_LAYER})")
     g.add_argument("--channel", type=nonneg_int, default=None, help="only this channel of the layer (default: all)")
-    g.add_argument("--size", type=positive_int, default=512, help="longest side to work at (default 512)")
+    g.add_argument("--size", type=positive_int, default=None, help="longest side to work at (default: the image's own)")
     g.add_argument("--octaves", type=positive_int, default=4, help="number of octaves (default 4)")
     g.add_argument("--octave-scale", type=positive_float, default=1.4, help="scale between octaves (default 1.4)")
     g.add_argument("--iters", type=nonneg_int, default=10, help="steps per octave (default 10)")
@@ -577,7 +598,7 @@ def add_dream_parser(sub):
     g.add_argument("--seed", type=int, default=0, help="random seed of the jitter (default 0)")
     add_net_options(p)
     add_output_options(p, "dream.png")
-    p.set_defaults(_run=run_dream)
+    p.set_defaults(_run=run_dream, _graceful=True)
 
 
 def run_dream(args):
@@ -616,7 +637,7 @@ def add_visualize_parser(sub):
     add_net_options(p)
     add_optim_options(p, iters=200, optimizer="adam")
     add_output_options(p, "visualize.png")
-    p.set_defaults(_run=run_visualize)
+    p.set_defaults(_run=run_visualize, _graceful=True)
 
 
 def class_index(value):
@@ -757,6 +778,10 @@ def main(argv=None):
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
         return EXIT_ERROR
+    previous = None
+    if getattr(args, "_graceful", False):
+        _EARLY.interrupted = False
+        previous = signal.signal(signal.SIGINT, _EARLY)
     try:
         return args._run(args) or 0
     except MiniVGGError as e:
@@ -770,6 +795,9 @@ def main(argv=None):
         return EXIT_ERROR
     except BrokenPipeError:
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _one_line(e):
