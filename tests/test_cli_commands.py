@@ -2,7 +2,6 @@
 registration of extension command modules."""
 
 import csv
-import os
 import sys
 import types
 

@@ -1,7 +1,6 @@
 """Texture synthesis, inversion, DeepDream and activation maximization: each reduces
 its objective; sizes, options and bad arguments."""
 
-import numpy as np
 import pytest
 
 from minivgg import MiniVGGError, load_vgg

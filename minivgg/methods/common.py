@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from .. import losses
-from ..backend import get_array_module, to_host
+from ..backend import get_array_module
 from ..errors import MiniVGGError
 from ..image import check_memory
 from ..optim import make_optimizer
@@ -252,18 +252,6 @@ def run_optimizer(objective, x0, *, optimizer="lbfgs", iters=100, lr=None, optim
     return opt.run(objective, x0, iters, callback=on_row)
 
 
-def render_plain(net):
-    return lambda x: net.deprocess(x)
-
-
-def finish(net, res, history, render, settings, frames=None):
-    """Package an OptimResult as a MethodResult."""
-    return MethodResult(render(res.x), res.x, history, res.stopped, res.message, frames=frames, settings=settings)
-
-
 def ensure_memory(net, shape, layers, what="image"):
     check_memory(net, shape[0], shape[1], deepest(net, layers), what=what)
 
-
-def host(x):
-    return to_host(x)
