@@ -218,3 +218,15 @@ def test_help_documents_the_objective():
     for text in ("content_weight * Lc", "1/(4 N_l^2 M_l^2)", "--style-blend", "--original-colors", "--scales",
                  "--save-every", "--log", "--plot", "--quiet", "--device", "emulated"):
         assert text in p.stdout, text
+
+
+def test_init_file_tol_and_max_pooling(files, tmp_path):
+    """--init FILE starts from exactly that image; --tol stops early; --pooling max runs."""
+    out, log = tmp_path / "o.png", tmp_path / "o.csv"
+    assert main(style_args(files, out, "--init", files["style"], "--iters", "30", "--optimizer", "adam",
+                           "--tol", "0.5", "--log", str(log), "--pooling", "max")) == 0
+    _, rows = read_log(log)
+    assert 2 <= len(rows) < 31
+    net = load_vgg("vgg16", weights=files["weights"], pooling="max")
+    r = style_transfer(net, load_image(files["content"]), [load_image(files["style"])], init="style", iters=0)
+    assert float(rows[0][1]) == pytest.approx(r.history[0]["total"], rel=1e-12)
