@@ -15,11 +15,12 @@ SAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "imm
 
 
 def load_image(path):
-    """Read an image file as uint8 (H, W, 3) RGB (grey and RGBA are converted).
+    """Read an image file as uint8 (H, W, 3) RGB (grey and RGBA are converted, the EXIF
+    orientation applied).
 
     Raises MiniVGGError when the file is missing, not an image, or too large to decode.
     """
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -31,6 +32,7 @@ def load_image(path):
             w, h = im.size
             if w <= 0 or h <= 0:
                 raise MiniVGGError(f"{path}: image has no pixels ({w}x{h})")
+            im = ImageOps.exif_transpose(im)  # phone photos: apply the EXIF rotation
             im = im.convert("RGB")
             arr = np.asarray(im, dtype=np.uint8)
     except MiniVGGError:
