@@ -203,3 +203,25 @@ def test_avg_pool2x2_kernels_match_the_general_loops(shape):
     fused.avg_pool2x2_backward(dy, dx)
     general.avg_pool_backward(dy, 2, 2, dx0)
     np.testing.assert_array_equal(dx, dx0)
+
+
+def test_fused_conv_relu_ops_match_the_separate_ops(monkeypatch):
+    """ops.conv2d_relu_forward / relu_conv2d_backward = conv, then relu (and back), on both
+    the Winograd path and the im2col fallback."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 20, 17, 23)).astype(np.float32)
+    W = he_weights(rng, 24, 20)
+    b = rng.standard_normal(24).astype(np.float32)
+    dy = rng.standard_normal((2, 24, 17, 23)).astype(np.float32)
+    for min_work in (1, 10**9):  # Winograd, then im2col
+        monkeypatch.setattr(ops, "WINOGRAD_MIN_WORK", min_work)
+        state = {}
+        y, cache = ops.conv2d_relu_forward(x, W, b, 1, 1, state)
+        pre, cache0 = ops.conv2d_forward(x, W, b, 1, 1, state)
+        y0 = ops.relu_forward(pre)
+        np.testing.assert_allclose(y, y0, rtol=0, atol=1e-6 * np.abs(y0).max())
+        dx = ops.relu_conv2d_backward(dy, y0, cache)
+        dx0 = ops.conv2d_backward(ops.relu_backward(dy, y0), cache0, False)[0]
+        np.testing.assert_allclose(dx, dx0, rtol=0, atol=1e-6 * np.abs(dx0).max())
+        ref = direct_conv_backward_input(dy * (direct_conv(x, W, b) > 0), W)
+        assert rel(dx, ref) < 5e-6

@@ -33,7 +33,10 @@ _output_transform_<alg>(M, b, relu, o0, o1, ti0, ti1, tw, y)
     relu), cropped to the image.
 
 Every loop stores to compile-time row indices of arrays allocated here, so that LLVM
-vectorises it; the results are copied out with one-stream loops.
+vectorises it; the results are copied out with one-stream loops. Every index inside a
+loop is the bare loop variable on a view (never base + j or 4 * j): numba wraps negative
+indices, and a computed index it cannot prove non-negative gets a per-element check that
+stops vectorisation (7x slower copies).
 """
 
 import numpy as np
@@ -54,6 +57,8 @@ def _input_transform_{alg}(x, mask, c0, c1, ti0, ti1, tw, V):
     Q = np.empty((6, 4, n4), np.float32)
     O = np.empty((36, tw), np.float32)
     row = np.zeros(4 * n4, np.float32)  # row[q] = x[c, r, q - 1], zero outside
+    inner = row[1 : Wd + 1]
+    row4 = row.reshape(n4, 4)  # row4[j, ph] = row[4j + ph]
     T = (ti1 - ti0) * tw
     for c in range(c0, c1):
         for ti in range(ti0, ti1):
@@ -66,15 +71,15 @@ def _input_transform_{alg}(x, mask, c0, c1, ti0, ti1, tw, V):
                     if masked:
                         mr = mask[c, r]
                         for q in range(Wd):
-                            row[q + 1] = xr[q] if mr[q] > _0 else _0
+                            inner[q] = xr[q] if mr[q] > _0 else _0
                     else:
                         for q in range(Wd):
-                            row[q + 1] = xr[q]
+                            inner[q] = xr[q]
                     for j in range(n4):
-                        Pm[0, j] = row[4 * j]
-                        Pm[1, j] = row[4 * j + 1]
-                        Pm[2, j] = row[4 * j + 2]
-                        Pm[3, j] = row[4 * j + 3]
+                        Pm[0, j] = row4[j, 0]
+                        Pm[1, j] = row4[j, 1]
+                        Pm[2, j] = row4[j, 2]
+                        Pm[3, j] = row4[j, 3]
                 else:
                     for ph in range(4):
                         for j in range(n4):
@@ -93,10 +98,10 @@ def _input_transform_{alg}(x, mask, c0, c1, ti0, ti1, tw, V):
 {horizontal}
             base = c * T + (ti - ti0) * tw
             for xi in range(36):
-                Vr = V[xi]
+                Vr = V[xi, base : base + tw]
                 Or = O[xi]
                 for j in range(tw):
-                    Vr[base + j] = Or[j]
+                    Vr[j] = Or[j]
 '''
 
 OUTPUT_TEMPLATE = '''
@@ -108,6 +113,7 @@ def _output_transform_{alg}(M, b, relu, o0, o1, ti0, ti1, tw, y):
     R = np.empty((4, 6, tw), np.float32)
     S = np.empty((4, 4, tw), np.float32)
     out = np.empty(4 * tw, np.float32)
+    out4 = out.reshape(tw, 4)  # out4[j, s] = out[4j + s]
     T = (ti1 - ti0) * tw
     for o in range(o0, o1):
         bias = b[o]
@@ -115,13 +121,19 @@ def _output_transform_{alg}(M, b, relu, o0, o1, ti0, ti1, tw, y):
             t0 = o * T + (ti - ti0) * tw
             # A^T down each column l of the 6x6 tiles: R[r, l, j]
             for l in range(6):
+                v0 = M[l, t0 : t0 + tw]
+                v1 = M[6 + l, t0 : t0 + tw]
+                v2 = M[12 + l, t0 : t0 + tw]
+                v3 = M[18 + l, t0 : t0 + tw]
+                v4 = M[24 + l, t0 : t0 + tw]
+                v5 = M[30 + l, t0 : t0 + tw]
                 for j in range(tw):
-                    m0 = M[l, t0 + j]
-                    m1 = M[6 + l, t0 + j]
-                    m2 = M[12 + l, t0 + j]
-                    m3 = M[18 + l, t0 + j]
-                    m4 = M[24 + l, t0 + j]
-                    m5 = M[30 + l, t0 + j]
+                    m0 = v0[j]
+                    m1 = v1[j]
+                    m2 = v2[j]
+                    m3 = v3[j]
+                    m4 = v4[j]
+                    m5 = v5[j]
 {vertical}
             # A along each row: S[r, s, j] = output (4ti + r, 4j + s)
             for r in range(4):
@@ -137,16 +149,16 @@ def _output_transform_{alg}(M, b, relu, o0, o1, ti0, ti1, tw, y):
             for r in range(nr):
                 if relu:
                     for j in range(tw):
-                        out[4 * j] = max(S[r, 0, j], _0)
-                        out[4 * j + 1] = max(S[r, 1, j], _0)
-                        out[4 * j + 2] = max(S[r, 2, j], _0)
-                        out[4 * j + 3] = max(S[r, 3, j], _0)
+                        out4[j, 0] = max(S[r, 0, j], _0)
+                        out4[j, 1] = max(S[r, 1, j], _0)
+                        out4[j, 2] = max(S[r, 2, j], _0)
+                        out4[j, 3] = max(S[r, 3, j], _0)
                 else:
                     for j in range(tw):
-                        out[4 * j] = S[r, 0, j]
-                        out[4 * j + 1] = S[r, 1, j]
-                        out[4 * j + 2] = S[r, 2, j]
-                        out[4 * j + 3] = S[r, 3, j]
+                        out4[j, 0] = S[r, 0, j]
+                        out4[j, 1] = S[r, 1, j]
+                        out4[j, 2] = S[r, 2, j]
+                        out4[j, 3] = S[r, 3, j]
                 yr = y[o, 4 * ti + r]
                 for q in range(Wd):
                     yr[q] = out[q]
@@ -191,9 +203,15 @@ def generate(algorithms):
         )
         hor = []
         for k in range(6):
+            hor.append(f"            q0 = Q[{k}, 0]")
+            hor.append(f"            q1 = Q[{k}, 1]")
+            hor.append(f"            q2 = Q[{k}, 2]")
+            hor.append(f"            q3 = Q[{k}, 3]")
+            hor.append(f"            q4 = Q[{k}, 0, 1:]")
+            hor.append(f"            q5 = Q[{k}, 1, 1:]")
             hor.append("            for j in range(tw):")
-            for m, (ph, off) in enumerate([(0, ""), (1, ""), (2, ""), (3, ""), (0, " + 1"), (1, " + 1")]):
-                hor.append(f"                d{m} = Q[{k}, {ph}, j{off}]")
+            for m in range(6):
+                hor.append(f"                d{m} = q{m}[j]")
             for l in range(6):
                 hor.append(f"                O[{6 * k + l}, j] = {_combination(BT[l], 'd', consts)}")
         body.append(INPUT_TEMPLATE.format(alg=alg, vertical=vert, horizontal="\n".join(hor)))

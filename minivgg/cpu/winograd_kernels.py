@@ -14,7 +14,10 @@ _output_transform_<alg>(M, b, relu, o0, o1, ti0, ti1, tw, y)
     relu), cropped to the image.
 
 Every loop stores to compile-time row indices of arrays allocated here, so that LLVM
-vectorises it; the results are copied out with one-stream loops.
+vectorises it; the results are copied out with one-stream loops. Every index inside a
+loop is the bare loop variable on a view (never base + j or 4 * j): numba wraps negative
+indices, and a computed index it cannot prove non-negative gets a per-element check that
+stops vectorisation (7x slower copies).
 """
 
 import numpy as np
@@ -41,6 +44,8 @@ def _input_transform_fwd(x, mask, c0, c1, ti0, ti1, tw, V):
     Q = np.empty((6, 4, n4), np.float32)
     O = np.empty((36, tw), np.float32)
     row = np.zeros(4 * n4, np.float32)  # row[q] = x[c, r, q - 1], zero outside
+    inner = row[1 : Wd + 1]
+    row4 = row.reshape(n4, 4)  # row4[j, ph] = row[4j + ph]
     T = (ti1 - ti0) * tw
     for c in range(c0, c1):
         for ti in range(ti0, ti1):
@@ -53,15 +58,15 @@ def _input_transform_fwd(x, mask, c0, c1, ti0, ti1, tw, V):
                     if masked:
                         mr = mask[c, r]
                         for q in range(Wd):
-                            row[q + 1] = xr[q] if mr[q] > _0 else _0
+                            inner[q] = xr[q] if mr[q] > _0 else _0
                     else:
                         for q in range(Wd):
-                            row[q + 1] = xr[q]
+                            inner[q] = xr[q]
                     for j in range(n4):
-                        Pm[0, j] = row[4 * j]
-                        Pm[1, j] = row[4 * j + 1]
-                        Pm[2, j] = row[4 * j + 2]
-                        Pm[3, j] = row[4 * j + 3]
+                        Pm[0, j] = row4[j, 0]
+                        Pm[1, j] = row4[j, 1]
+                        Pm[2, j] = row4[j, 2]
+                        Pm[3, j] = row4[j, 3]
                 else:
                     for ph in range(4):
                         for j in range(n4):
@@ -82,78 +87,114 @@ def _input_transform_fwd(x, mask, c0, c1, ti0, ti1, tw, V):
                     Q[4, ph, j] = _K1_2 * d1 - d2 - _K1_2 * d3 + d4
                     Q[5, ph, j] = d1 - _K3_2 * d2 - _K2 * d3 + _K3_2 * d4 + d5
             # B along each row: d0..d5 of tile j are phases 0..3 of j and 0..1 of j + 1
+            q0 = Q[0, 0]
+            q1 = Q[0, 1]
+            q2 = Q[0, 2]
+            q3 = Q[0, 3]
+            q4 = Q[0, 0, 1:]
+            q5 = Q[0, 1, 1:]
             for j in range(tw):
-                d0 = Q[0, 0, j]
-                d1 = Q[0, 1, j]
-                d2 = Q[0, 2, j]
-                d3 = Q[0, 3, j]
-                d4 = Q[0, 0, j + 1]
-                d5 = Q[0, 1, j + 1]
+                d0 = q0[j]
+                d1 = q1[j]
+                d2 = q2[j]
+                d3 = q3[j]
+                d4 = q4[j]
+                d5 = q5[j]
                 O[0, j] = d0 - _K3_2 * d1 - _K2 * d2 + _K3_2 * d3 + d4
                 O[1, j] = -d1 + _K1_2 * d2 + _K5_2 * d3 + d4
                 O[2, j] = d1 - _K5_2 * d2 + _K1_2 * d3 + d4
                 O[3, j] = -_K2 * d1 - d2 + _K2 * d3 + d4
                 O[4, j] = _K1_2 * d1 - d2 - _K1_2 * d3 + d4
                 O[5, j] = d1 - _K3_2 * d2 - _K2 * d3 + _K3_2 * d4 + d5
+            q0 = Q[1, 0]
+            q1 = Q[1, 1]
+            q2 = Q[1, 2]
+            q3 = Q[1, 3]
+            q4 = Q[1, 0, 1:]
+            q5 = Q[1, 1, 1:]
             for j in range(tw):
-                d0 = Q[1, 0, j]
-                d1 = Q[1, 1, j]
-                d2 = Q[1, 2, j]
-                d3 = Q[1, 3, j]
-                d4 = Q[1, 0, j + 1]
-                d5 = Q[1, 1, j + 1]
+                d0 = q0[j]
+                d1 = q1[j]
+                d2 = q2[j]
+                d3 = q3[j]
+                d4 = q4[j]
+                d5 = q5[j]
                 O[6, j] = d0 - _K3_2 * d1 - _K2 * d2 + _K3_2 * d3 + d4
                 O[7, j] = -d1 + _K1_2 * d2 + _K5_2 * d3 + d4
                 O[8, j] = d1 - _K5_2 * d2 + _K1_2 * d3 + d4
                 O[9, j] = -_K2 * d1 - d2 + _K2 * d3 + d4
                 O[10, j] = _K1_2 * d1 - d2 - _K1_2 * d3 + d4
                 O[11, j] = d1 - _K3_2 * d2 - _K2 * d3 + _K3_2 * d4 + d5
+            q0 = Q[2, 0]
+            q1 = Q[2, 1]
+            q2 = Q[2, 2]
+            q3 = Q[2, 3]
+            q4 = Q[2, 0, 1:]
+            q5 = Q[2, 1, 1:]
             for j in range(tw):
-                d0 = Q[2, 0, j]
-                d1 = Q[2, 1, j]
-                d2 = Q[2, 2, j]
-                d3 = Q[2, 3, j]
-                d4 = Q[2, 0, j + 1]
-                d5 = Q[2, 1, j + 1]
+                d0 = q0[j]
+                d1 = q1[j]
+                d2 = q2[j]
+                d3 = q3[j]
+                d4 = q4[j]
+                d5 = q5[j]
                 O[12, j] = d0 - _K3_2 * d1 - _K2 * d2 + _K3_2 * d3 + d4
                 O[13, j] = -d1 + _K1_2 * d2 + _K5_2 * d3 + d4
                 O[14, j] = d1 - _K5_2 * d2 + _K1_2 * d3 + d4
                 O[15, j] = -_K2 * d1 - d2 + _K2 * d3 + d4
                 O[16, j] = _K1_2 * d1 - d2 - _K1_2 * d3 + d4
                 O[17, j] = d1 - _K3_2 * d2 - _K2 * d3 + _K3_2 * d4 + d5
+            q0 = Q[3, 0]
+            q1 = Q[3, 1]
+            q2 = Q[3, 2]
+            q3 = Q[3, 3]
+            q4 = Q[3, 0, 1:]
+            q5 = Q[3, 1, 1:]
             for j in range(tw):
-                d0 = Q[3, 0, j]
-                d1 = Q[3, 1, j]
-                d2 = Q[3, 2, j]
-                d3 = Q[3, 3, j]
-                d4 = Q[3, 0, j + 1]
-                d5 = Q[3, 1, j + 1]
+                d0 = q0[j]
+                d1 = q1[j]
+                d2 = q2[j]
+                d3 = q3[j]
+                d4 = q4[j]
+                d5 = q5[j]
                 O[18, j] = d0 - _K3_2 * d1 - _K2 * d2 + _K3_2 * d3 + d4
                 O[19, j] = -d1 + _K1_2 * d2 + _K5_2 * d3 + d4
                 O[20, j] = d1 - _K5_2 * d2 + _K1_2 * d3 + d4
                 O[21, j] = -_K2 * d1 - d2 + _K2 * d3 + d4
                 O[22, j] = _K1_2 * d1 - d2 - _K1_2 * d3 + d4
                 O[23, j] = d1 - _K3_2 * d2 - _K2 * d3 + _K3_2 * d4 + d5
+            q0 = Q[4, 0]
+            q1 = Q[4, 1]
+            q2 = Q[4, 2]
+            q3 = Q[4, 3]
+            q4 = Q[4, 0, 1:]
+            q5 = Q[4, 1, 1:]
             for j in range(tw):
-                d0 = Q[4, 0, j]
-                d1 = Q[4, 1, j]
-                d2 = Q[4, 2, j]
-                d3 = Q[4, 3, j]
-                d4 = Q[4, 0, j + 1]
-                d5 = Q[4, 1, j + 1]
+                d0 = q0[j]
+                d1 = q1[j]
+                d2 = q2[j]
+                d3 = q3[j]
+                d4 = q4[j]
+                d5 = q5[j]
                 O[24, j] = d0 - _K3_2 * d1 - _K2 * d2 + _K3_2 * d3 + d4
                 O[25, j] = -d1 + _K1_2 * d2 + _K5_2 * d3 + d4
                 O[26, j] = d1 - _K5_2 * d2 + _K1_2 * d3 + d4
                 O[27, j] = -_K2 * d1 - d2 + _K2 * d3 + d4
                 O[28, j] = _K1_2 * d1 - d2 - _K1_2 * d3 + d4
                 O[29, j] = d1 - _K3_2 * d2 - _K2 * d3 + _K3_2 * d4 + d5
+            q0 = Q[5, 0]
+            q1 = Q[5, 1]
+            q2 = Q[5, 2]
+            q3 = Q[5, 3]
+            q4 = Q[5, 0, 1:]
+            q5 = Q[5, 1, 1:]
             for j in range(tw):
-                d0 = Q[5, 0, j]
-                d1 = Q[5, 1, j]
-                d2 = Q[5, 2, j]
-                d3 = Q[5, 3, j]
-                d4 = Q[5, 0, j + 1]
-                d5 = Q[5, 1, j + 1]
+                d0 = q0[j]
+                d1 = q1[j]
+                d2 = q2[j]
+                d3 = q3[j]
+                d4 = q4[j]
+                d5 = q5[j]
                 O[30, j] = d0 - _K3_2 * d1 - _K2 * d2 + _K3_2 * d3 + d4
                 O[31, j] = -d1 + _K1_2 * d2 + _K5_2 * d3 + d4
                 O[32, j] = d1 - _K5_2 * d2 + _K1_2 * d3 + d4
@@ -162,10 +203,10 @@ def _input_transform_fwd(x, mask, c0, c1, ti0, ti1, tw, V):
                 O[35, j] = d1 - _K3_2 * d2 - _K2 * d3 + _K3_2 * d4 + d5
             base = c * T + (ti - ti0) * tw
             for xi in range(36):
-                Vr = V[xi]
+                Vr = V[xi, base : base + tw]
                 Or = O[xi]
                 for j in range(tw):
-                    Vr[base + j] = Or[j]
+                    Vr[j] = Or[j]
 
 
 @njit(nogil=True, fastmath=True, cache=True)
@@ -175,6 +216,7 @@ def _output_transform_fwd(M, b, relu, o0, o1, ti0, ti1, tw, y):
     R = np.empty((4, 6, tw), np.float32)
     S = np.empty((4, 4, tw), np.float32)
     out = np.empty(4 * tw, np.float32)
+    out4 = out.reshape(tw, 4)  # out4[j, s] = out[4j + s]
     T = (ti1 - ti0) * tw
     for o in range(o0, o1):
         bias = b[o]
@@ -182,13 +224,19 @@ def _output_transform_fwd(M, b, relu, o0, o1, ti0, ti1, tw, y):
             t0 = o * T + (ti - ti0) * tw
             # A^T down each column l of the 6x6 tiles: R[r, l, j]
             for l in range(6):
+                v0 = M[l, t0 : t0 + tw]
+                v1 = M[6 + l, t0 : t0 + tw]
+                v2 = M[12 + l, t0 : t0 + tw]
+                v3 = M[18 + l, t0 : t0 + tw]
+                v4 = M[24 + l, t0 : t0 + tw]
+                v5 = M[30 + l, t0 : t0 + tw]
                 for j in range(tw):
-                    m0 = M[l, t0 + j]
-                    m1 = M[6 + l, t0 + j]
-                    m2 = M[12 + l, t0 + j]
-                    m3 = M[18 + l, t0 + j]
-                    m4 = M[24 + l, t0 + j]
-                    m5 = M[30 + l, t0 + j]
+                    m0 = v0[j]
+                    m1 = v1[j]
+                    m2 = v2[j]
+                    m3 = v3[j]
+                    m4 = v4[j]
+                    m5 = v5[j]
                     R[0, l, j] = m0 + m1 + m2 + m3 + m4
                     R[1, l, j] = m1 - m2 + _K1_2 * m3 - _K2 * m4
                     R[2, l, j] = m1 + m2 + _K1_4 * m3 + _K4 * m4
@@ -210,16 +258,16 @@ def _output_transform_fwd(M, b, relu, o0, o1, ti0, ti1, tw, y):
             for r in range(nr):
                 if relu:
                     for j in range(tw):
-                        out[4 * j] = max(S[r, 0, j], _0)
-                        out[4 * j + 1] = max(S[r, 1, j], _0)
-                        out[4 * j + 2] = max(S[r, 2, j], _0)
-                        out[4 * j + 3] = max(S[r, 3, j], _0)
+                        out4[j, 0] = max(S[r, 0, j], _0)
+                        out4[j, 1] = max(S[r, 1, j], _0)
+                        out4[j, 2] = max(S[r, 2, j], _0)
+                        out4[j, 3] = max(S[r, 3, j], _0)
                 else:
                     for j in range(tw):
-                        out[4 * j] = S[r, 0, j]
-                        out[4 * j + 1] = S[r, 1, j]
-                        out[4 * j + 2] = S[r, 2, j]
-                        out[4 * j + 3] = S[r, 3, j]
+                        out4[j, 0] = S[r, 0, j]
+                        out4[j, 1] = S[r, 1, j]
+                        out4[j, 2] = S[r, 2, j]
+                        out4[j, 3] = S[r, 3, j]
                 yr = y[o, 4 * ti + r]
                 for q in range(Wd):
                     yr[q] = out[q]
@@ -235,6 +283,8 @@ def _input_transform_bwd(x, mask, c0, c1, ti0, ti1, tw, V):
     Q = np.empty((6, 4, n4), np.float32)
     O = np.empty((36, tw), np.float32)
     row = np.zeros(4 * n4, np.float32)  # row[q] = x[c, r, q - 1], zero outside
+    inner = row[1 : Wd + 1]
+    row4 = row.reshape(n4, 4)  # row4[j, ph] = row[4j + ph]
     T = (ti1 - ti0) * tw
     for c in range(c0, c1):
         for ti in range(ti0, ti1):
@@ -247,15 +297,15 @@ def _input_transform_bwd(x, mask, c0, c1, ti0, ti1, tw, V):
                     if masked:
                         mr = mask[c, r]
                         for q in range(Wd):
-                            row[q + 1] = xr[q] if mr[q] > _0 else _0
+                            inner[q] = xr[q] if mr[q] > _0 else _0
                     else:
                         for q in range(Wd):
-                            row[q + 1] = xr[q]
+                            inner[q] = xr[q]
                     for j in range(n4):
-                        Pm[0, j] = row[4 * j]
-                        Pm[1, j] = row[4 * j + 1]
-                        Pm[2, j] = row[4 * j + 2]
-                        Pm[3, j] = row[4 * j + 3]
+                        Pm[0, j] = row4[j, 0]
+                        Pm[1, j] = row4[j, 1]
+                        Pm[2, j] = row4[j, 2]
+                        Pm[3, j] = row4[j, 3]
                 else:
                     for ph in range(4):
                         for j in range(n4):
@@ -276,78 +326,114 @@ def _input_transform_bwd(x, mask, c0, c1, ti0, ti1, tw, V):
                     Q[4, ph, j] = -_K8 * d1 + _K4 * d2 + _K8 * d3 - _K4 * d4
                     Q[5, ph, j] = d0 + _K3_2 * d1 - _K2 * d2 - _K3_2 * d3 + d4
             # B along each row: d0..d5 of tile j are phases 0..3 of j and 0..1 of j + 1
+            q0 = Q[0, 0]
+            q1 = Q[0, 1]
+            q2 = Q[0, 2]
+            q3 = Q[0, 3]
+            q4 = Q[0, 0, 1:]
+            q5 = Q[0, 1, 1:]
             for j in range(tw):
-                d0 = Q[0, 0, j]
-                d1 = Q[0, 1, j]
-                d2 = Q[0, 2, j]
-                d3 = Q[0, 3, j]
-                d4 = Q[0, 0, j + 1]
-                d5 = Q[0, 1, j + 1]
+                d0 = q0[j]
+                d1 = q1[j]
+                d2 = q2[j]
+                d3 = q3[j]
+                d4 = q4[j]
+                d5 = q5[j]
                 O[0, j] = d1 + _K3_2 * d2 - _K2 * d3 - _K3_2 * d4 + d5
                 O[1, j] = d1 + _K5_2 * d2 + _K1_2 * d3 - d4
                 O[2, j] = -d1 - _K1_2 * d2 + _K5_2 * d3 - d4
                 O[3, j] = _K1_8 * d1 + _K1_4 * d2 - _K1_8 * d3 - _K1_4 * d4
                 O[4, j] = -_K8 * d1 + _K4 * d2 + _K8 * d3 - _K4 * d4
                 O[5, j] = d0 + _K3_2 * d1 - _K2 * d2 - _K3_2 * d3 + d4
+            q0 = Q[1, 0]
+            q1 = Q[1, 1]
+            q2 = Q[1, 2]
+            q3 = Q[1, 3]
+            q4 = Q[1, 0, 1:]
+            q5 = Q[1, 1, 1:]
             for j in range(tw):
-                d0 = Q[1, 0, j]
-                d1 = Q[1, 1, j]
-                d2 = Q[1, 2, j]
-                d3 = Q[1, 3, j]
-                d4 = Q[1, 0, j + 1]
-                d5 = Q[1, 1, j + 1]
+                d0 = q0[j]
+                d1 = q1[j]
+                d2 = q2[j]
+                d3 = q3[j]
+                d4 = q4[j]
+                d5 = q5[j]
                 O[6, j] = d1 + _K3_2 * d2 - _K2 * d3 - _K3_2 * d4 + d5
                 O[7, j] = d1 + _K5_2 * d2 + _K1_2 * d3 - d4
                 O[8, j] = -d1 - _K1_2 * d2 + _K5_2 * d3 - d4
                 O[9, j] = _K1_8 * d1 + _K1_4 * d2 - _K1_8 * d3 - _K1_4 * d4
                 O[10, j] = -_K8 * d1 + _K4 * d2 + _K8 * d3 - _K4 * d4
                 O[11, j] = d0 + _K3_2 * d1 - _K2 * d2 - _K3_2 * d3 + d4
+            q0 = Q[2, 0]
+            q1 = Q[2, 1]
+            q2 = Q[2, 2]
+            q3 = Q[2, 3]
+            q4 = Q[2, 0, 1:]
+            q5 = Q[2, 1, 1:]
             for j in range(tw):
-                d0 = Q[2, 0, j]
-                d1 = Q[2, 1, j]
-                d2 = Q[2, 2, j]
-                d3 = Q[2, 3, j]
-                d4 = Q[2, 0, j + 1]
-                d5 = Q[2, 1, j + 1]
+                d0 = q0[j]
+                d1 = q1[j]
+                d2 = q2[j]
+                d3 = q3[j]
+                d4 = q4[j]
+                d5 = q5[j]
                 O[12, j] = d1 + _K3_2 * d2 - _K2 * d3 - _K3_2 * d4 + d5
                 O[13, j] = d1 + _K5_2 * d2 + _K1_2 * d3 - d4
                 O[14, j] = -d1 - _K1_2 * d2 + _K5_2 * d3 - d4
                 O[15, j] = _K1_8 * d1 + _K1_4 * d2 - _K1_8 * d3 - _K1_4 * d4
                 O[16, j] = -_K8 * d1 + _K4 * d2 + _K8 * d3 - _K4 * d4
                 O[17, j] = d0 + _K3_2 * d1 - _K2 * d2 - _K3_2 * d3 + d4
+            q0 = Q[3, 0]
+            q1 = Q[3, 1]
+            q2 = Q[3, 2]
+            q3 = Q[3, 3]
+            q4 = Q[3, 0, 1:]
+            q5 = Q[3, 1, 1:]
             for j in range(tw):
-                d0 = Q[3, 0, j]
-                d1 = Q[3, 1, j]
-                d2 = Q[3, 2, j]
-                d3 = Q[3, 3, j]
-                d4 = Q[3, 0, j + 1]
-                d5 = Q[3, 1, j + 1]
+                d0 = q0[j]
+                d1 = q1[j]
+                d2 = q2[j]
+                d3 = q3[j]
+                d4 = q4[j]
+                d5 = q5[j]
                 O[18, j] = d1 + _K3_2 * d2 - _K2 * d3 - _K3_2 * d4 + d5
                 O[19, j] = d1 + _K5_2 * d2 + _K1_2 * d3 - d4
                 O[20, j] = -d1 - _K1_2 * d2 + _K5_2 * d3 - d4
                 O[21, j] = _K1_8 * d1 + _K1_4 * d2 - _K1_8 * d3 - _K1_4 * d4
                 O[22, j] = -_K8 * d1 + _K4 * d2 + _K8 * d3 - _K4 * d4
                 O[23, j] = d0 + _K3_2 * d1 - _K2 * d2 - _K3_2 * d3 + d4
+            q0 = Q[4, 0]
+            q1 = Q[4, 1]
+            q2 = Q[4, 2]
+            q3 = Q[4, 3]
+            q4 = Q[4, 0, 1:]
+            q5 = Q[4, 1, 1:]
             for j in range(tw):
-                d0 = Q[4, 0, j]
-                d1 = Q[4, 1, j]
-                d2 = Q[4, 2, j]
-                d3 = Q[4, 3, j]
-                d4 = Q[4, 0, j + 1]
-                d5 = Q[4, 1, j + 1]
+                d0 = q0[j]
+                d1 = q1[j]
+                d2 = q2[j]
+                d3 = q3[j]
+                d4 = q4[j]
+                d5 = q5[j]
                 O[24, j] = d1 + _K3_2 * d2 - _K2 * d3 - _K3_2 * d4 + d5
                 O[25, j] = d1 + _K5_2 * d2 + _K1_2 * d3 - d4
                 O[26, j] = -d1 - _K1_2 * d2 + _K5_2 * d3 - d4
                 O[27, j] = _K1_8 * d1 + _K1_4 * d2 - _K1_8 * d3 - _K1_4 * d4
                 O[28, j] = -_K8 * d1 + _K4 * d2 + _K8 * d3 - _K4 * d4
                 O[29, j] = d0 + _K3_2 * d1 - _K2 * d2 - _K3_2 * d3 + d4
+            q0 = Q[5, 0]
+            q1 = Q[5, 1]
+            q2 = Q[5, 2]
+            q3 = Q[5, 3]
+            q4 = Q[5, 0, 1:]
+            q5 = Q[5, 1, 1:]
             for j in range(tw):
-                d0 = Q[5, 0, j]
-                d1 = Q[5, 1, j]
-                d2 = Q[5, 2, j]
-                d3 = Q[5, 3, j]
-                d4 = Q[5, 0, j + 1]
-                d5 = Q[5, 1, j + 1]
+                d0 = q0[j]
+                d1 = q1[j]
+                d2 = q2[j]
+                d3 = q3[j]
+                d4 = q4[j]
+                d5 = q5[j]
                 O[30, j] = d1 + _K3_2 * d2 - _K2 * d3 - _K3_2 * d4 + d5
                 O[31, j] = d1 + _K5_2 * d2 + _K1_2 * d3 - d4
                 O[32, j] = -d1 - _K1_2 * d2 + _K5_2 * d3 - d4
@@ -356,10 +442,10 @@ def _input_transform_bwd(x, mask, c0, c1, ti0, ti1, tw, V):
                 O[35, j] = d0 + _K3_2 * d1 - _K2 * d2 - _K3_2 * d3 + d4
             base = c * T + (ti - ti0) * tw
             for xi in range(36):
-                Vr = V[xi]
+                Vr = V[xi, base : base + tw]
                 Or = O[xi]
                 for j in range(tw):
-                    Vr[base + j] = Or[j]
+                    Vr[j] = Or[j]
 
 
 @njit(nogil=True, fastmath=True, cache=True)
@@ -369,6 +455,7 @@ def _output_transform_bwd(M, b, relu, o0, o1, ti0, ti1, tw, y):
     R = np.empty((4, 6, tw), np.float32)
     S = np.empty((4, 4, tw), np.float32)
     out = np.empty(4 * tw, np.float32)
+    out4 = out.reshape(tw, 4)  # out4[j, s] = out[4j + s]
     T = (ti1 - ti0) * tw
     for o in range(o0, o1):
         bias = b[o]
@@ -376,13 +463,19 @@ def _output_transform_bwd(M, b, relu, o0, o1, ti0, ti1, tw, y):
             t0 = o * T + (ti - ti0) * tw
             # A^T down each column l of the 6x6 tiles: R[r, l, j]
             for l in range(6):
+                v0 = M[l, t0 : t0 + tw]
+                v1 = M[6 + l, t0 : t0 + tw]
+                v2 = M[12 + l, t0 : t0 + tw]
+                v3 = M[18 + l, t0 : t0 + tw]
+                v4 = M[24 + l, t0 : t0 + tw]
+                v5 = M[30 + l, t0 : t0 + tw]
                 for j in range(tw):
-                    m0 = M[l, t0 + j]
-                    m1 = M[6 + l, t0 + j]
-                    m2 = M[12 + l, t0 + j]
-                    m3 = M[18 + l, t0 + j]
-                    m4 = M[24 + l, t0 + j]
-                    m5 = M[30 + l, t0 + j]
+                    m0 = v0[j]
+                    m1 = v1[j]
+                    m2 = v2[j]
+                    m3 = v3[j]
+                    m4 = v4[j]
+                    m5 = v5[j]
                     R[0, l, j] = m1 + m2 + m3 + m4 + m5
                     R[1, l, j] = m1 - m2 + _K2 * m3 - _K1_2 * m4
                     R[2, l, j] = m1 + m2 + _K4 * m3 + _K1_4 * m4
@@ -404,16 +497,16 @@ def _output_transform_bwd(M, b, relu, o0, o1, ti0, ti1, tw, y):
             for r in range(nr):
                 if relu:
                     for j in range(tw):
-                        out[4 * j] = max(S[r, 0, j], _0)
-                        out[4 * j + 1] = max(S[r, 1, j], _0)
-                        out[4 * j + 2] = max(S[r, 2, j], _0)
-                        out[4 * j + 3] = max(S[r, 3, j], _0)
+                        out4[j, 0] = max(S[r, 0, j], _0)
+                        out4[j, 1] = max(S[r, 1, j], _0)
+                        out4[j, 2] = max(S[r, 2, j], _0)
+                        out4[j, 3] = max(S[r, 3, j], _0)
                 else:
                     for j in range(tw):
-                        out[4 * j] = S[r, 0, j]
-                        out[4 * j + 1] = S[r, 1, j]
-                        out[4 * j + 2] = S[r, 2, j]
-                        out[4 * j + 3] = S[r, 3, j]
+                        out4[j, 0] = S[r, 0, j]
+                        out4[j, 1] = S[r, 1, j]
+                        out4[j, 2] = S[r, 2, j]
+                        out4[j, 3] = S[r, 3, j]
                 yr = y[o, 4 * ti + r]
                 for q in range(Wd):
                     yr[q] = out[q]
