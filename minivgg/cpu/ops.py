@@ -110,6 +110,27 @@ def conv2d_backward(dy, cache, param_grads):
     return dx, dW.reshape(W.shape), db
 
 
+def conv2d_relu_forward(x, W, b, stride, pad, state):
+    """relu(conv2d(x)) in one pass where Winograd applies (ReLU in the output transform);
+    for a net that does not need the pre-activation. Returns (y, conv cache)."""
+    if _winograd_applies(x, W, stride, pad, W.shape[1]):
+        U = _winograd_weights(state, "winograd", lambda: winograd.transform_weights(W))
+        return winograd.conv3x3_forward(x, U, b, relu=True), (x, W, stride, pad, state)
+    y, cache = conv2d_forward(x, W, b, stride, pad, state)
+    k.relu_forward(y, y)  # in place: y is ours
+    return y, cache
+
+
+def relu_conv2d_backward(dy, y, cache):
+    """dx of x -> conv2d -> relu -> y given dy = dL/dy: ReLU's mask (y > 0) folded into the
+    Winograd input transform where it applies. Input gradient only."""
+    x, W, stride, pad, state = cache
+    if dy.dtype == np.float32 and _winograd_applies(x, W, stride, pad, min(W.shape[0], W.shape[1])):
+        U = _winograd_weights(state, "winograd", lambda: winograd.transform_weights(W))
+        return winograd.conv3x3_backward_input(dy, U, mask=y)
+    return conv2d_backward(relu_backward(dy, y), cache, False)[0]
+
+
 def relu_forward(x):
     y = np.empty_like(x)
     k.relu_forward(x, y)
