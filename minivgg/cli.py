@@ -142,7 +142,8 @@ def add_optim_options(p, iters, optimizer="lbfgs"):
                    help=f"lbfgs, adam or sgd with momentum (default {optimizer}); docs/optim.md")
     g.add_argument("--lr", type=positive_float, default=None,
                    help="step size: L-BFGS default 1 (the first step is min(1, 1/|g|_1)); Adam default 10 pixel levels "
-                        "in the net's input units; SGD default 1e-3 (tune it to the objective's scale)")
+                        "in the net's input units; SGD default: set at the first update so that it moves the pixels by one level on "
+                        "average, then fixed")
     g.add_argument("--history-size", type=positive_int, default=100, help="L-BFGS history size (default 100)")
     g.add_argument("--line-search", choices=("none", "strong_wolfe"), default="none",
                    help="L-BFGS line search (default none: fixed step lr, as torch.optim.LBFGS)")

@@ -160,21 +160,33 @@ class _StopByCallback(Exception):
 
 class SGD(Optimizer):
     """Gradient descent with (heavy-ball) momentum, as torch.optim.SGD (dampening 0):
-    ``b_1 = g_1``, ``b_k = momentum * b_{k-1} + g_k``, ``x <- x - lr * b_k``."""
+    ``b_1 = g_1``, ``b_k = momentum * b_{k-1} + g_k``, ``x <- x - lr * b_k``.
+
+    ``first_step``: when given and ``lr`` is not, the learning rate is set once, at the
+    first update, to ``first_step / mean|g_1|`` (so the first step moves each element by
+    ``first_step`` on average) and kept fixed afterwards."""
 
     name = "sgd"
     default_lr = 1e-3
 
-    def __init__(self, lr=None, momentum=0.9, tol=0.0):
+    def __init__(self, lr=None, momentum=0.9, tol=0.0, first_step=None):
         super().__init__(lr, tol)
         if not 0 <= momentum < 1:
             raise MiniVGGError(f"momentum must be in [0, 1); got {momentum}")
+        if first_step is not None and not first_step > 0:
+            raise MiniVGGError(f"first step must be positive; got {first_step}")
         self.momentum = float(momentum)
+        self.first_step = None if lr is not None else first_step
 
     def _init_state(self, x):
         self.buf = None
 
     def _step(self, x, g, k):
+        if k == 1 and self.first_step is not None:
+            xp = get_array_module(g)
+            mean = float(xp.abs(g).mean())
+            if mean > 0:
+                self.lr = self.first_step / mean
         if self.momentum == 0:
             d = g
         elif self.buf is None:

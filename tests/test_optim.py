@@ -203,3 +203,14 @@ def test_bad_options():
         Adam(lr=-1)
     with pytest.raises(MiniVGGError):
         SGD(momentum=1.5)
+
+
+def test_sgd_first_step_sets_the_rate_once():
+    f, A, b = quadratic(n=5, cond=3)
+    x0 = np.zeros(5)
+    g1 = f(x0)[1]
+    rows = []
+    res = SGD(first_step=0.01, momentum=0.0).run(f, x0, 3, callback=rows.append)
+    np.testing.assert_allclose(rows[1]["x"], -0.01 / np.abs(g1).mean() * g1)
+    assert res.stopped == "iterations"
+    assert SGD(lr=0.5, first_step=0.01).first_step is None

@@ -57,8 +57,9 @@ def input_scale(net):
 
 def default_lr(net, optimizer):
     """L-BFGS: 1 (its steps are scaled by the curvature estimate). Adam: 10 pixel levels
-    per step at most, in the net's input units. SGD: 1e-3 (depends on the objective's
-    scale; tune it)."""
+    per step at most, in the net's input units. SGD has no fixed default: the methods
+    let it pick ``lr`` at its first update so that the step moves the pixels by one
+    level on average (``SGD(first_step=...)``); 1e-3 is returned for other callers."""
     if optimizer == "adam":
         return 10.0 * input_scale(net)
     if optimizer == "sgd":
@@ -227,9 +228,13 @@ def run_optimizer(objective, x0, *, optimizer="lbfgs", iters=100, lr=None, optim
         history = []
     if t0 is None:
         t0 = time.perf_counter()
+    options = dict(optim_options or {})
     if lr is None and net is not None:
-        lr = default_lr(net, optimizer)
-    opt = make_optimizer(optimizer, lr=lr, **(optim_options or {}))
+        if optimizer == "sgd":
+            options.setdefault("first_step", input_scale(net))  # one pixel level, then fixed
+        else:
+            lr = default_lr(net, optimizer)
+    opt = make_optimizer(optimizer, lr=lr, **options)
 
     def on_row(rec):
         row = {"iter": first_row + rec["iter"], "total": rec["loss"]}
