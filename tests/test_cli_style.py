@@ -230,3 +230,24 @@ def test_init_file_tol_and_max_pooling(files, tmp_path):
     net = load_vgg("vgg16", weights=files["weights"], pooling="max")
     r = style_transfer(net, load_image(files["content"]), [load_image(files["style"])], init="style", iters=0)
     assert float(rows[0][1]) == pytest.approx(r.history[0]["total"], rel=1e-12)
+
+
+def test_sigint_during_setup_stops_at_the_first_iteration(files, tmp_path, monkeypatch):
+    """A Ctrl-C while the weights load is remembered: the run stops at row 0 and still
+    writes the initial image and the log."""
+    from minivgg import cli
+
+    real = cli.load_net
+
+    def load_and_interrupt(args, **kw):
+        net = real(args, **kw)
+        os.kill(os.getpid(), signal.SIGINT)
+        return net
+
+    monkeypatch.setattr(cli, "load_net", load_and_interrupt)
+    out, log = tmp_path / "o.png", tmp_path / "o.csv"
+    assert main(style_args(files, out, "--iters", "50", "--log", str(log))) == 130
+    _, rows = read_log(log)
+    assert len(rows) == 1 and rows[0][0] == "0"
+    assert load_image(out).shape == (32, 40, 3)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
