@@ -192,7 +192,7 @@ def test_avg_pool2x2_kernels_match_the_general_loops(shape):
     from minivgg.cpu import im2col as general
 
     rng = np.random.default_rng(8)
-    x = rng.standard_normal((shape[0] * shape[1],) + shape[2:]).astype(np.float32)
+    x = rng.standard_normal((shape[0] * shape[1] * 3000,) + shape[2:]).astype(np.float32)
     ho, wo = shape[2] // 2, shape[3] // 2
     y, y0 = np.empty((x.shape[0], ho, wo), np.float32), np.empty((x.shape[0], ho, wo), np.float32)
     fused.avg_pool2x2_forward(x, y)
@@ -225,3 +225,18 @@ def test_fused_conv_relu_ops_match_the_separate_ops(monkeypatch):
         np.testing.assert_allclose(dx, dx0, rtol=0, atol=1e-6 * np.abs(dx0).max())
         ref = direct_conv_backward_input(dy * (direct_conv(x, W, b) > 0), W)
         assert rel(dx, ref) < 5e-6
+
+
+def test_relu_kernels_over_the_pool():
+    from minivgg.cpu import fused
+
+    rng = np.random.default_rng(10)
+    for n in (7, 300001):  # one piece, and several pieces over the pool
+        x = rng.standard_normal(n).astype(np.float32)
+        y = np.empty_like(x)
+        fused.relu_forward(x, y)
+        np.testing.assert_array_equal(y, np.maximum(x, 0))
+        dy = rng.standard_normal(n).astype(np.float32)
+        dx = np.empty_like(dy)
+        fused.relu_backward(dy, y, dx)
+        np.testing.assert_array_equal(dx, np.where(y > 0, dy, 0))

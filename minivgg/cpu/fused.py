@@ -1,27 +1,33 @@
-"""Specialised CPU kernels for VGG's fixed shapes: 2x2 stride-2 average pooling.
+"""Element-wise and pooling kernels for VGG's fixed shapes, run over minivgg's thread pool.
 
-The general pooling loops (im2col.py) handle any window and stride by gathering over the
-windows that contain each pixel; for VGG's 2x2/2 windows each input pixel belongs to at
-most one window, so forward is one pass of pair sums and backward one pass of copies,
-both contiguous along the rows (what LLVM vectorises). Same results as the general
-loops, bit for bit: the same four-term sum in the same order (in float64, as there),
-times 0.25 (exact).
+Each kernel is a nogil numba loop over a range [p0, p1) of planes (or of flat elements),
+and :mod:`minivgg.cpu.threads` runs one range per thread (see there why not ``prange``).
+
+2x2 stride-2 average pooling (VGG's): each input pixel belongs to at most one window, so
+forward is one pass of pair sums and backward one pass of copies, contiguous along rows.
+Results equal the general k x k loops in im2col.py bit for bit (the same four-term sum in
+the same order, in float64 as there, times 0.25, which is exact):
 
     y[p, i, j] = 0.25 * (x[p, 2i, 2j] + x[p, 2i, 2j+1] + x[p, 2i+1, 2j] + x[p, 2i+1, 2j+1])
     dx[p, 2i+a, 2j+b] = 0.25 * dy[p, i, j]   (a, b in {0, 1}; 0 in a trailing odd row/column)
+
+ReLU: y = max(x, 0); backward dx = dy * (y > 0).
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
+
+from .threads import parallel_range
 
 _Q = np.float32(0.25)
+_0 = np.float32(0.0)
+_CHUNK = 1 << 16  # elements per thread below which one thread does it all
 
 
-@njit(parallel=True, fastmath=False, cache=True)
-def avg_pool2x2_forward(x, out):
-    """x (P, H, W) float32 -> out (P, H // 2, W // 2)."""
-    P, Ho, Wo = out.shape
-    for p in prange(P):
+@njit(nogil=True, cache=True)
+def _avg_pool2x2_forward(p0, p1, x, out):
+    Ho, Wo = out.shape[1], out.shape[2]
+    for p in range(p0, p1):
         for i in range(Ho):
             r0 = x[p, 2 * i]
             r1 = x[p, 2 * i + 1]
@@ -31,12 +37,11 @@ def avg_pool2x2_forward(x, out):
                 o[j] = acc * 0.25
 
 
-@njit(parallel=True, fastmath=False, cache=True)
-def avg_pool2x2_backward(dy, out):
-    """dy (P, Ho, Wo) float32 -> out (P, H, W) with H >= 2 Ho, W >= 2 Wo."""
-    P, H, W = out.shape
+@njit(nogil=True, cache=True)
+def _avg_pool2x2_backward(p0, p1, dy, out):
+    H, W = out.shape[1], out.shape[2]
     Ho, Wo = dy.shape[1], dy.shape[2]
-    for p in prange(P):
+    for p in range(p0, p1):
         for i in range(Ho):
             g = dy[p, i]
             r0 = out[p, 2 * i]
@@ -53,3 +58,41 @@ def avg_pool2x2_backward(dy, out):
         for r in range(2 * Ho, H):
             for q in range(W):
                 out[p, r, q] = 0
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _relu_forward(i0, i1, x, out):
+    xs = x[i0:i1]
+    o = out[i0:i1]
+    for i in range(i1 - i0):
+        v = xs[i]
+        o[i] = v if v > _0 else _0
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _relu_backward(i0, i1, dy, y, out):
+    d = dy[i0:i1]
+    yy = y[i0:i1]
+    o = out[i0:i1]
+    for i in range(i1 - i0):
+        o[i] = d[i] if yy[i] > _0 else _0
+
+
+def avg_pool2x2_forward(x, out):
+    """x (P, H, W) float32 -> out (P, H // 2, W // 2)."""
+    parallel_range(_avg_pool2x2_forward, x.shape[0], x, out, min_per_thread=max(1, _CHUNK // x[0].size))
+
+
+def avg_pool2x2_backward(dy, out):
+    """dy (P, Ho, Wo) float32 -> out (P, H, W) with H >= 2 Ho, W >= 2 Wo."""
+    parallel_range(_avg_pool2x2_backward, dy.shape[0], dy, out, min_per_thread=max(1, _CHUNK // out[0].size))
+
+
+def relu_forward(x, out):
+    """out = max(x, 0); float32, any shape, C-contiguous (out may be x)."""
+    parallel_range(_relu_forward, x.size, x.reshape(-1), out.reshape(-1), min_per_thread=_CHUNK)
+
+
+def relu_backward(dy, y, out):
+    """out = dy * (y > 0); float32, same shapes, C-contiguous."""
+    parallel_range(_relu_backward, dy.size, dy.reshape(-1), y.reshape(-1), out.reshape(-1), min_per_thread=_CHUNK)

@@ -33,9 +33,7 @@ transform -> GEMM -> transform pipeline on its band with single-threaded BLAS, s
 a band stays in that core's cache and BLAS and numba never compete for cores.
 """
 
-import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -146,27 +144,7 @@ _KERNELS = {
 
 
 # ---------------------------------------------------------------- threads
-_POOL = None
-_POOL_LOCK = threading.Lock()
-
-
-def num_threads():
-    """Threads used by the fast CPU path: MINIVGG_NUM_THREADS, else the usable cores."""
-    env = os.environ.get("MINIVGG_NUM_THREADS")
-    if env:
-        return max(1, int(env))
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def _pool():
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=num_threads(), thread_name_prefix="minivgg")
-        return _POOL
+from .threads import num_threads, one_blas_thread, pool as _pool, split as _split, wait as _wait  # noqa: E402,F401
 
 
 class _Workspace:
@@ -220,17 +198,6 @@ def _band(x, mask, U, b, relu, y, ti0, ti1, tw, backward):
     fout(M, b, relu, 0, cout, ti0, ti1, tw, y)
 
 
-def _split(n, parts):
-    """parts contiguous (start, stop) ranges covering range(n)."""
-    bounds = [n * k // parts for k in range(parts + 1)]
-    return [(bounds[k], bounds[k + 1]) for k in range(parts) if bounds[k + 1] > bounds[k]]
-
-
-def _wait(futures):
-    for f in futures:
-        f.result()
-
-
 def _whole(x, mask, U, b, relu, y, th, tw, nthreads, bufs, backward):
     """One image, all tiles at once, each stage split over the threads (for small maps)."""
     fin, fout = _KERNELS[backward]
@@ -257,20 +224,6 @@ def band_rows(th, tw, cin, cout, target_bytes=None, min_tiles=None):
 _NO_MASK = np.empty((0, 0, 0), np.float32)
 
 
-_BLAS = None
-
-
-def _one_blas_thread():
-    """A context in which numpy's BLAS runs single-threaded (the controller, which scans the
-    loaded libraries, is built once: threadpool_limits() would rescan on every call, ~1 ms)."""
-    global _BLAS
-    if _BLAS is None:
-        from threadpoolctl import ThreadpoolController
-
-        _BLAS = ThreadpoolController()
-    return _BLAS.limit(limits=1, user_api="blas")
-
-
 def _conv(x, U, b, relu, mask, out, threads, backward):
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, cin, H, Wd = x.shape
@@ -290,7 +243,7 @@ def _conv(x, U, b, relu, mask, out, threads, backward):
     rows = band_rows(th, tw, cin, cout)
     bands = [(i, r0, min(th, r0 + rows)) for i in range(n) for r0 in range(0, th, rows)]
     # One BLAS thread per call: the parallelism is ours (bands or stages over threads).
-    with _one_blas_thread():
+    with one_blas_thread():
         if nthreads == 1:
             for i, r0, r1 in bands:
                 _band(x[i], masks[i], Ug, b, relu, y[i], r0, r1, tw, backward)
