@@ -78,6 +78,13 @@ def _dot(a, b):
     return float(xp.vdot(a.ravel(), b.ravel()))
 
 
+def _sdot(a, b):
+    """Dot product kept as a 0-d value of the arrays' dtype (float32 scalars in the
+    L-BFGS recursion, as torch computes them)."""
+    xp = get_array_module(a)
+    return xp.vdot(a.ravel(), b.ravel())
+
+
 def _absmax(a):
     xp = get_array_module(a)
     return float(xp.abs(a).max())
@@ -259,11 +266,11 @@ class LBFGS(Optimizer):
         q = -g
         al = [0.0] * len(old_dirs)
         for i in range(len(old_dirs) - 1, -1, -1):
-            al[i] = _dot(old_stps[i], q) * ro[i]
+            al[i] = _sdot(old_stps[i], q) * ro[i]
             q = q - al[i] * old_dirs[i]
         r = q * H_diag
         for i in range(len(old_dirs)):
-            be_i = _dot(old_dirs[i], r) * ro[i]
+            be_i = _sdot(old_dirs[i], r) * ro[i]
             r = r + (al[i] - be_i) * old_stps[i]
         return r
 
@@ -281,8 +288,8 @@ class LBFGS(Optimizer):
             else:
                 y = g - prev_g
                 s = d * t
-                ys = _dot(y, s)
-                if ys > 1e-10:
+                ys = _sdot(y, s)
+                if float(ys) > 1e-10:
                     if len(old_dirs) == self.history_size:
                         old_dirs.pop(0)
                         old_stps.pop(0)
@@ -290,11 +297,11 @@ class LBFGS(Optimizer):
                     old_dirs.append(y)
                     old_stps.append(s)
                     ro.append(1.0 / ys)
-                    H_diag = ys / _dot(y, y)
+                    H_diag = ys / _sdot(y, y)
                 d = self._direction(g, old_dirs, old_stps, ro, H_diag)
             prev_g, prev_loss = g, loss
             xp = get_array_module(g)
-            t = min(1.0, 1.0 / float(xp.abs(g).sum())) * self.lr if k == 1 else self.lr
+            t = min(1.0, float(1.0 / xp.abs(g).sum())) * self.lr if k == 1 else self.lr
             gtd = _dot(g, d)
             if gtd > -self.tolerance_change:
                 return "tolerance", f"converged: no descent direction left at update {k}"
