@@ -400,7 +400,10 @@ input space, it minimizes
   Lc = sum over content layers of 1/2 sum (F - P)^2
   Ls = sum over style layers of w_l E_l,  E_l = 1/(4 N_l^2 M_l^2) sum (G - A)^2
   G = F F^T (Gram matrix), w_l = 1/(number of style layers) unless --style-layer-weights;
-  A = the blend-weighted sum of the style images' Gram matrices; TV = total variation, beta = 2.
+  A = the blend-weighted sum of the style images' Gram matrices (blend normalized to sum 1);
+  TV = sum over pixels with a right and a lower neighbour of
+       (x[i,j+1] - x[i,j])^2 + (x[i+1,j] - x[i,j])^2   (total variation, beta = 2).
+The log's content/style/tv columns are Lc, Ls, TV (unweighted); total is the sum above.
 The style images are resized to the content's size times --style-scale (an image
 already of that size is not resampled). The default weights (content 1, style 1e4,
 TV 1e-3) suit pretrained Caffe-convention VGG-19 weights (0-255 inputs) at 256-512 px;
