@@ -240,3 +240,15 @@ def test_relu_kernels_over_the_pool():
         dx = np.empty_like(dy)
         fused.relu_backward(dy, y, dx)
         np.testing.assert_array_equal(dx, np.where(y > 0, dy, 0))
+
+
+def test_threads_matmul():
+    from minivgg.cpu import threads
+
+    rng = np.random.default_rng(11)
+    F = rng.standard_normal((2, 40, 300)).astype(np.float32)
+    G = threads.matmul(F, F.transpose(0, 2, 1))
+    np.testing.assert_allclose(G, F @ F.transpose(0, 2, 1), rtol=1e-5, atol=1e-4)
+    D = rng.standard_normal((40, 40)).astype(np.float32)
+    np.testing.assert_allclose(threads.matmul(D, F[0]), D @ F[0], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(threads.matmul(D[None], F), D @ F, rtol=1e-5, atol=1e-4)

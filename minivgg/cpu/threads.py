@@ -70,3 +70,26 @@ def parallel_range(fn, n, *args, threads=None, min_per_thread=1):
         return
     p = pool()
     wait([p.submit(fn, a, b, *args) for a, b in split(n, t)])
+
+
+def _matmul_rows(r0, r1, a, b, out):
+    with one_blas_thread():
+        for i in range(out.shape[0]):
+            out[i, r0:r1] = a[i, r0:r1] @ b[i]
+
+
+def matmul(a, b):
+    """a @ b for float arrays (M, K) @ (K, N) or stacked (B, M, K) @ (B, K, N), with the
+    output rows split over the pool and single-threaded BLAS (what the Gram matrices and
+    style gradients of losses.py need; see the module docstring for why)."""
+    import numpy as np
+
+    squeeze = a.ndim == 2 and b.ndim == 2
+    a3 = a[None] if a.ndim == 2 else a
+    b3 = b[None] if b.ndim == 2 else b
+    batch = max(a3.shape[0], b3.shape[0])
+    a3 = np.broadcast_to(a3, (batch,) + a3.shape[1:])
+    b3 = np.broadcast_to(b3, (batch,) + b3.shape[1:])
+    out = np.empty((batch, a3.shape[1], b3.shape[2]), np.result_type(a3.dtype, b3.dtype))
+    parallel_range(_matmul_rows, a3.shape[1], a3, b3, out, min_per_thread=16)
+    return out[0] if squeeze else out

@@ -208,8 +208,8 @@ def _whole(x, mask, U, b, relu, y, th, tw, nthreads, bufs, backward):
     _wait([pool.submit(fout, M, b, relu, o0, o1, 0, th, tw, y) for o0, o1 in _split(y.shape[0], nthreads)])
 
 
-MIN_BAND_TILES = 128  # below this many tiles per GEMM, BLAS is bound by reading U
-BAND_BYTES = 3 << 20  # V + M of one band: about what stays in cache
+MIN_BAND_TILES = 256  # below this many tiles per GEMM, BLAS is bound by reading U (measured)
+BAND_BYTES = 6 << 20  # V + M of one band (measured: larger bands, better GEMMs, up to here)
 
 
 def band_rows(th, tw, cin, cout, target_bytes=None, min_tiles=None):
@@ -252,7 +252,8 @@ def _conv(x, U, b, relu, mask, out, threads, backward):
             _wait([pool.submit(_band, x[i], masks[i], Ug, b, relu, y[i], r0, r1, tw, backward) for i, r0, r1 in bands])
         else:
             T = th * tw
-            bufs = _buffers(np.empty(_buffer_size(cin, cout, T), np.float32), cin, cout, T)
+            # the calling thread's workspace (not a pool thread's): reused, no page faults
+            bufs = _buffers(_workspace().get(_buffer_size(cin, cout, T)), cin, cout, T)
             for i in range(n):
                 _whole(x[i], masks[i], Ug, b, relu, y[i], th, tw, nthreads, bufs, backward)
     return y
