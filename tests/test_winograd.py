@@ -252,3 +252,23 @@ def test_threads_matmul():
     D = rng.standard_normal((40, 40)).astype(np.float32)
     np.testing.assert_allclose(threads.matmul(D, F[0]), D @ F[0], rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(threads.matmul(D[None], F), D @ F, rtol=1e-5, atol=1e-4)
+
+
+def test_outputs_near_zero_are_recomputed_exactly():
+    """With W given, outputs within REFINE_BELOW of their strip's largest magnitude come from
+    the float64 direct sum, so ReLU signs agree with the exact result."""
+    rng = np.random.default_rng(12)
+    x = np.maximum(rng.standard_normal((1, 64, 40, 44)), 0).astype(np.float32)
+    W = he_weights(rng, 48, 64)
+    b = rng.standard_normal(48).astype(np.float32) * 0.1
+    U = winograd.transform_weights(W)
+    ref = direct_conv(x, W, b)
+    # plant exact zeros' neighbours: shift the bias so some outputs sit within 1e-7 of 0
+    b2 = (b[None, :, None, None] - ref[:, :, 5:6, 7:8]).reshape(-1).astype(np.float32)
+    ref2 = direct_conv(x, W, b2)
+    y = winograd.conv3x3_forward(x, U, b2, relu=True, W=W)
+    near = np.abs(ref2) < 1e-4 * np.abs(ref2).max()
+    assert near.any()
+    np.testing.assert_array_equal(y[near] > 0, ref2[near] > 0)
+    np.testing.assert_allclose(y[near], np.maximum(ref2[near], 0), rtol=0, atol=1e-6 * np.abs(ref2).max())
+    assert rel(y, np.maximum(ref2, 0)) < 5e-6

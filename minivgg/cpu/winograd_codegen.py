@@ -28,9 +28,11 @@ _input_transform_<alg>(x, mask, c0, c1, ti0, ti1, tw, V)
     writes do not fall into the same cache set (their stride would otherwise be a
     multiple of 4 KiB). When
     mask has the shape of x, d is taken from x * (mask > 0) (ReLU's backward fused in).
-_output_transform_<alg>(M, b, relu, o0, o1, ti0, ti1, tw, y)
+_output_transform_<alg>(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand) -> n
     y[o, 4ti + r, 4tj + s] = (A^T M[:, o * T + t] A)[r, s] + b[o] (then max(., 0) when
-    relu), cropped to the image.
+    relu), cropped to the image. With krel > 0, the (o, row, col) of outputs smaller than
+    krel times the largest |output| of their channel's 4-row strip go to cand (the first
+    cand.shape[0] of them; n counts all), for winograd.py to recompute exactly.
 
 Every loop stores to compile-time row indices of arrays allocated here, so that LLVM
 vectorises it; the results are copied out with one-stream loops. Every index inside a
@@ -107,7 +109,9 @@ def _input_transform_{alg}(x, mask, c0, c1, ti0, ti1, tw, V):
 OUTPUT_TEMPLATE = '''
 
 @njit(nogil=True, fastmath=True, cache=True)
-def _output_transform_{alg}(M, b, relu, o0, o1, ti0, ti1, tw, y):
+def _output_transform_{alg}(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand):
+    cap = cand.shape[0]
+    n = 0
     H = y.shape[1]
     Wd = y.shape[2]
     R = np.empty((4, 6, tw), np.float32)
@@ -146,6 +150,31 @@ def _output_transform_{alg}(M, b, relu, o0, o1, ti0, ti1, tw, y):
                     m5 = R[r, 5, j]
 {horizontal}
             nr = min(4, H - 4 * ti)
+            if krel > _0:
+                # outputs within krel of this strip's largest magnitude: their sign may be
+                # Winograd's rounding; list them for an exact recomputation (one pass for
+                # the largest and smallest magnitude, a scan only when one is that small)
+                big = _0
+                small = np.float32(np.inf)
+                for r in range(nr):
+                    for s in range(4):
+                        Srs = S[r, s]
+                        for j in range(tw):
+                            a = abs(Srs[j])
+                            big = max(big, a)
+                            small = min(small, a)
+                tau = krel * big
+                if small < tau:
+                    for r in range(nr):
+                        for s in range(4):
+                            Srs = S[r, s]
+                            for j in range(tw):
+                                if abs(Srs[j]) < tau and 4 * j + s < Wd:
+                                    if n < cap:
+                                        cand[n, 0] = o
+                                        cand[n, 1] = 4 * ti + r
+                                        cand[n, 2] = 4 * j + s
+                                    n += 1
             for r in range(nr):
                 if relu:
                     for j in range(tw):
@@ -162,6 +191,7 @@ def _output_transform_{alg}(M, b, relu, o0, o1, ti0, ti1, tw, y):
                 yr = y[o, 4 * ti + r]
                 for q in range(Wd):
                     yr[q] = out[q]
+    return n
 '''
 
 

@@ -9,9 +9,11 @@ _input_transform_<alg>(x, mask, c0, c1, ti0, ti1, tw, V)
     writes do not fall into the same cache set (their stride would otherwise be a
     multiple of 4 KiB). When
     mask has the shape of x, d is taken from x * (mask > 0) (ReLU's backward fused in).
-_output_transform_<alg>(M, b, relu, o0, o1, ti0, ti1, tw, y)
+_output_transform_<alg>(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand) -> n
     y[o, 4ti + r, 4tj + s] = (A^T M[:, o * T + t] A)[r, s] + b[o] (then max(., 0) when
-    relu), cropped to the image.
+    relu), cropped to the image. With krel > 0, the (o, row, col) of outputs smaller than
+    krel times the largest |output| of their channel's 4-row strip go to cand (the first
+    cand.shape[0] of them; n counts all), for winograd.py to recompute exactly.
 
 Every loop stores to compile-time row indices of arrays allocated here, so that LLVM
 vectorises it; the results are copied out with one-stream loops. Every index inside a
@@ -210,7 +212,9 @@ def _input_transform_fwd(x, mask, c0, c1, ti0, ti1, tw, V):
 
 
 @njit(nogil=True, fastmath=True, cache=True)
-def _output_transform_fwd(M, b, relu, o0, o1, ti0, ti1, tw, y):
+def _output_transform_fwd(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand):
+    cap = cand.shape[0]
+    n = 0
     H = y.shape[1]
     Wd = y.shape[2]
     R = np.empty((4, 6, tw), np.float32)
@@ -255,6 +259,31 @@ def _output_transform_fwd(M, b, relu, o0, o1, ti0, ti1, tw, y):
                     S[r, 2, j] = m1 + m2 + _K1_4 * m3 + _K4 * m4 + bias
                     S[r, 3, j] = m1 - m2 + _K1_8 * m3 - _K8 * m4 + m5 + bias
             nr = min(4, H - 4 * ti)
+            if krel > _0:
+                # outputs within krel of this strip's largest magnitude: their sign may be
+                # Winograd's rounding; list them for an exact recomputation (one pass for
+                # the largest and smallest magnitude, a scan only when one is that small)
+                big = _0
+                small = np.float32(np.inf)
+                for r in range(nr):
+                    for s in range(4):
+                        Srs = S[r, s]
+                        for j in range(tw):
+                            a = abs(Srs[j])
+                            big = max(big, a)
+                            small = min(small, a)
+                tau = krel * big
+                if small < tau:
+                    for r in range(nr):
+                        for s in range(4):
+                            Srs = S[r, s]
+                            for j in range(tw):
+                                if abs(Srs[j]) < tau and 4 * j + s < Wd:
+                                    if n < cap:
+                                        cand[n, 0] = o
+                                        cand[n, 1] = 4 * ti + r
+                                        cand[n, 2] = 4 * j + s
+                                    n += 1
             for r in range(nr):
                 if relu:
                     for j in range(tw):
@@ -271,6 +300,7 @@ def _output_transform_fwd(M, b, relu, o0, o1, ti0, ti1, tw, y):
                 yr = y[o, 4 * ti + r]
                 for q in range(Wd):
                     yr[q] = out[q]
+    return n
 
 
 @njit(nogil=True, fastmath=True, cache=True)
@@ -449,7 +479,9 @@ def _input_transform_bwd(x, mask, c0, c1, ti0, ti1, tw, V):
 
 
 @njit(nogil=True, fastmath=True, cache=True)
-def _output_transform_bwd(M, b, relu, o0, o1, ti0, ti1, tw, y):
+def _output_transform_bwd(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand):
+    cap = cand.shape[0]
+    n = 0
     H = y.shape[1]
     Wd = y.shape[2]
     R = np.empty((4, 6, tw), np.float32)
@@ -494,6 +526,31 @@ def _output_transform_bwd(M, b, relu, o0, o1, ti0, ti1, tw, y):
                     S[r, 2, j] = m1 + m2 + _K4 * m3 + _K1_4 * m4 + bias
                     S[r, 3, j] = m0 + m1 - m2 + _K8 * m3 - _K1_8 * m4 + bias
             nr = min(4, H - 4 * ti)
+            if krel > _0:
+                # outputs within krel of this strip's largest magnitude: their sign may be
+                # Winograd's rounding; list them for an exact recomputation (one pass for
+                # the largest and smallest magnitude, a scan only when one is that small)
+                big = _0
+                small = np.float32(np.inf)
+                for r in range(nr):
+                    for s in range(4):
+                        Srs = S[r, s]
+                        for j in range(tw):
+                            a = abs(Srs[j])
+                            big = max(big, a)
+                            small = min(small, a)
+                tau = krel * big
+                if small < tau:
+                    for r in range(nr):
+                        for s in range(4):
+                            Srs = S[r, s]
+                            for j in range(tw):
+                                if abs(Srs[j]) < tau and 4 * j + s < Wd:
+                                    if n < cap:
+                                        cand[n, 0] = o
+                                        cand[n, 1] = 4 * ti + r
+                                        cand[n, 2] = 4 * j + s
+                                    n += 1
             for r in range(nr):
                 if relu:
                     for j in range(tw):
@@ -510,3 +567,4 @@ def _output_transform_bwd(M, b, relu, o0, o1, ti0, ti1, tw, y):
                 yr = y[o, 4 * ti + r]
                 for q in range(Wd):
                     yr[q] = out[q]
+    return n
