@@ -62,7 +62,7 @@ def conv2d_forward(x, W, b, stride, pad, state):
     """y[n] = W.reshape(Cout, C*kh*kw) @ im2col(x[n]) + b (or its Winograd equivalent)."""
     if _winograd_applies(x, W, stride, pad, W.shape[1]):
         U = _winograd_weights(state, "winograd", lambda: winograd.transform_weights(W))
-        return winograd.conv3x3_forward(x, U, b), (x, W, stride, pad, state)
+        return winograd.conv3x3_forward(x, U, b, W=W), (x, W, stride, pad, state)
     N, C, H, Wd = x.shape
     Cout, _, kh, kw = W.shape
     Ho, Wo = _out_size(H, kh, stride, pad), _out_size(Wd, kw, stride, pad)
@@ -115,7 +115,7 @@ def conv2d_relu_forward(x, W, b, stride, pad, state):
     for a net that does not need the pre-activation. Returns (y, conv cache)."""
     if _winograd_applies(x, W, stride, pad, W.shape[1]):
         U = _winograd_weights(state, "winograd", lambda: winograd.transform_weights(W))
-        return winograd.conv3x3_forward(x, U, b, relu=True), (x, W, stride, pad, state)
+        return winograd.conv3x3_forward(x, U, b, relu=True, W=W), (x, W, stride, pad, state)
     y, cache = conv2d_forward(x, W, b, stride, pad, state)
     if y.dtype == np.float32:
         fused.relu_forward(y, y)  # in place: y is ours
