@@ -20,11 +20,9 @@ from . import winograd
 # the transforms; im2col's single GEMM with K = 9 * C is faster there.
 WINOGRAD_MIN_CHANNELS = 16
 # Winograd only where a layer has at least this much work per transformed weight:
-# 4x4 output tiles per image x the channels summed over. Smaller maps (conv5 at 256x256,
-# every layer of a thumbnail) gain little from it, and im2col's float32 result is closer
-# to the exact one there (docs/winograd.md: a ReLU sign flip on a tiny map is a visible
-# share of the gradient).
-WINOGRAD_MIN_WORK = 16384
+# 4x4 output tiles per image x the channels summed over; on tiny maps (the deep layers of
+# a thumbnail) im2col's single GEMM is as fast.
+WINOGRAD_MIN_WORK = 4096
 
 
 def conv_algorithm():
