@@ -87,7 +87,7 @@ def conv2d_backward(dy, cache, param_grads):
     W2 = W.reshape(Cout, -1)
     dy2 = dy.reshape(N, Cout, Ho * Wo)
     dtype = np.result_type(dy.dtype, W.dtype)
-    if dy.dtype == np.float32 and _winograd_applies(x, W, stride, pad, min(Cout, C)):
+    if dy.dtype == np.float32 and _winograd_applies(x, W, stride, pad, Cout):  # sums over Cout
         # the forward's transformed weights serve the backward too (winograd.py, AT_BWD)
         U = _winograd_weights(state, "winograd", lambda: winograd.transform_weights(W))
         dx = winograd.conv3x3_backward_input(dy, U)
@@ -126,7 +126,7 @@ def relu_conv2d_backward(dy, y, cache):
     """dx of x -> conv2d -> relu -> y given dy = dL/dy: ReLU's mask (y > 0) folded into the
     Winograd input transform where it applies. Input gradient only."""
     x, W, stride, pad, state = cache
-    if dy.dtype == np.float32 and _winograd_applies(x, W, stride, pad, min(W.shape[0], W.shape[1])):
+    if dy.dtype == np.float32 and _winograd_applies(x, W, stride, pad, W.shape[0]):
         U = _winograd_weights(state, "winograd", lambda: winograd.transform_weights(W))
         return winograd.conv3x3_backward_input(dy, U, mask=y)
     return conv2d_backward(relu_backward(dy, y), cache, False)[0]
