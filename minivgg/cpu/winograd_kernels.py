@@ -12,8 +12,8 @@ _input_transform_<alg>(x, mask, c0, c1, ti0, ti1, tw, V)
 _output_transform_<alg>(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand) -> n
     y[o, 4ti + r, 4tj + s] = (A^T M[:, o * T + t] A)[r, s] + b[o] (then max(., 0) when
     relu), cropped to the image. With krel > 0, the (o, row, col) of outputs smaller than
-    krel times the largest |output| of their channel's 4-row strip go to cand (the first
-    cand.shape[0] of them; n counts all), for winograd.py to recompute exactly.
+    krel times the RMS of their channel's 4-row strip go to cand (the first cand.shape[0]
+    of them; n counts all), for winograd.py to recompute exactly.
 
 Every loop stores to compile-time row indices of arrays allocated here, so that LLVM
 vectorises it; the results are copied out with one-stream loops. Every index inside a
@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit
 
 _0 = np.float32(0.0)
+_1 = np.float32(1.0)
 _K1_2 = np.float32(0.5)
 _K1_4 = np.float32(0.25)
 _K1_8 = np.float32(0.125)
@@ -260,25 +261,28 @@ def _output_transform_fwd(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand):
                     S[r, 3, j] = m1 - m2 + _K1_8 * m3 - _K8 * m4 + m5 + bias
             nr = min(4, H - 4 * ti)
             if krel > _0:
-                # outputs within krel of this strip's largest magnitude: their sign may be
-                # Winograd's rounding; list them for an exact recomputation (one pass for
-                # the largest and smallest magnitude, a scan only when one is that small)
-                big = _0
-                small = np.float32(np.inf)
+                # outputs smaller than krel times this strip's RMS: their sign may be
+                # Winograd's rounding; list them for an exact recomputation. (Sums, not
+                # max/min: numba vectorises float sum reductions, not max/min ones.)
+                ss = _0
                 for r in range(nr):
                     for s in range(4):
                         Srs = S[r, s]
                         for j in range(tw):
-                            a = abs(Srs[j])
-                            big = max(big, a)
-                            small = min(small, a)
-                tau = krel * big
-                if small < tau:
-                    for r in range(nr):
-                        for s in range(4):
-                            Srs = S[r, s]
+                            v = Srs[j]
+                            ss += v * v
+                t2 = krel * krel * ss / np.float32(nr * 4 * tw)
+                for r in range(nr):
+                    for s in range(4):
+                        Srs = S[r, s]
+                        cnt = _0
+                        for j in range(tw):
+                            v = Srs[j]
+                            cnt += _1 if v * v < t2 else _0
+                        if cnt > _0:
                             for j in range(tw):
-                                if abs(Srs[j]) < tau and 4 * j + s < Wd:
+                                v = Srs[j]
+                                if v * v < t2 and 4 * j + s < Wd:
                                     if n < cap:
                                         cand[n, 0] = o
                                         cand[n, 1] = 4 * ti + r
@@ -527,25 +531,28 @@ def _output_transform_bwd(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand):
                     S[r, 3, j] = m0 + m1 - m2 + _K8 * m3 - _K1_8 * m4 + bias
             nr = min(4, H - 4 * ti)
             if krel > _0:
-                # outputs within krel of this strip's largest magnitude: their sign may be
-                # Winograd's rounding; list them for an exact recomputation (one pass for
-                # the largest and smallest magnitude, a scan only when one is that small)
-                big = _0
-                small = np.float32(np.inf)
+                # outputs smaller than krel times this strip's RMS: their sign may be
+                # Winograd's rounding; list them for an exact recomputation. (Sums, not
+                # max/min: numba vectorises float sum reductions, not max/min ones.)
+                ss = _0
                 for r in range(nr):
                     for s in range(4):
                         Srs = S[r, s]
                         for j in range(tw):
-                            a = abs(Srs[j])
-                            big = max(big, a)
-                            small = min(small, a)
-                tau = krel * big
-                if small < tau:
-                    for r in range(nr):
-                        for s in range(4):
-                            Srs = S[r, s]
+                            v = Srs[j]
+                            ss += v * v
+                t2 = krel * krel * ss / np.float32(nr * 4 * tw)
+                for r in range(nr):
+                    for s in range(4):
+                        Srs = S[r, s]
+                        cnt = _0
+                        for j in range(tw):
+                            v = Srs[j]
+                            cnt += _1 if v * v < t2 else _0
+                        if cnt > _0:
                             for j in range(tw):
-                                if abs(Srs[j]) < tau and 4 * j + s < Wd:
+                                v = Srs[j]
+                                if v * v < t2 and 4 * j + s < Wd:
                                     if n < cap:
                                         cand[n, 0] = o
                                         cand[n, 1] = 4 * ti + r
