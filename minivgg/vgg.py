@@ -144,7 +144,9 @@ class Net:
         for l in self.layers.values():
             l.clear()
         wanted, out, h = set(layers), {}, x
-        for i in range(depth + 1):
+        fuse = hasattr(self.ops, "conv2d_relu_forward")
+        i = 0
+        while i <= depth:
             name = self.layer_names[i]
             if name == "fc6" and h.shape[2:] != (7, 7):
                 raise MiniVGGError(
@@ -152,9 +154,21 @@ class Net:
                 )
             if name.startswith("pool") and min(h.shape[2:]) < 2:
                 raise MiniVGGError(f"input {x.shape[2]}x{x.shape[3]} is too small to reach {name}; use a larger image")
-            h = self.layers[name].forward(h)
+            layer = self.layers[name]
+            if fuse and name.startswith("conv") and name not in wanted and i < depth and self.layer_names[i + 1].startswith("relu"):
+                # conv + ReLU in one pass when nobody asked for the pre-activation (the CPU
+                # backend folds bias and ReLU into its output transform); both layers keep
+                # what their own forward would have kept.
+                relu = self.layers[self.layer_names[i + 1]]
+                h, layer._cache = self.ops.conv2d_relu_forward(h, layer.W, layer.b, layer.stride, layer.pad, layer.state)
+                relu._cache = h
+                i += 1
+                name = self.layer_names[i]
+            else:
+                h = layer.forward(h)
             if name in wanted:
                 out[name] = h
+            i += 1
         self._depth = depth
         return out
 
@@ -168,13 +182,29 @@ class Net:
         deepest = max(self._index[n] for n in names)
         if deepest > self._depth:
             raise MiniVGGError(f"backward from {self.layer_names[deepest]}, but the last forward stopped at {self.layer_names[self._depth]}")
-        g = None
-        for i in range(deepest, -1, -1):
+        g, ours = None, False  # ours: g is a temporary of this loop, free to update in place
+        fuse = hasattr(self.ops, "relu_conv2d_backward")
+        i = deepest
+        while i >= 0:
             name = self.layer_names[i]
             if name in grads:
                 gi = self.xp.asarray(grads[name])
-                g = gi if g is None else g + gi
-            g = self.layers[name].backward(g)
+                if g is None:
+                    g = gi
+                elif ours and g.shape == gi.shape and g.dtype == np.result_type(g.dtype, gi.dtype):
+                    g += gi
+                else:
+                    g = g + gi
+            below = self.layer_names[i - 1] if i > 0 else ""
+            if fuse and name.startswith("relu") and below.startswith("conv") and below not in grads:
+                # ReLU's mask folded into the conv's backward (one pass, no masked copy of g)
+                relu, conv = self.layers[name], self.layers[below]
+                g = self.ops.relu_conv2d_backward(g, relu._need_cache(), conv._need_cache())
+                i -= 2
+            else:
+                g = self.layers[name].backward(g)
+                i -= 1
+            ours = True
         return g
 
     # --- input convention -------------------------------------------------------
