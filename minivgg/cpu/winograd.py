@@ -269,6 +269,7 @@ def _whole(x, mask, U, b, relu, y, th, tw, nthreads, bufs, backward, W):
 
 
 MIN_BAND_TILES = 256  # below this many tiles per GEMM, BLAS is bound by reading U (measured)
+KEEP_BYTES = 24 << 20  # whole-map buffers up to this size are kept between calls
 BAND_BYTES = 6 << 20  # V + M of one band (measured: larger bands, better GEMMs, up to here)
 
 
@@ -312,8 +313,12 @@ def _conv(x, U, b, relu, mask, out, threads, backward, W=None):
             _wait([pool.submit(_band, x[i], masks[i], Ug, b, relu, y[i], r0, r1, tw, backward, W) for i, r0, r1 in bands])
         else:
             T = th * tw
-            # the calling thread's workspace (not a pool thread's): reused, no page faults
-            bufs = _buffers(_workspace().get(_buffer_size(cin, cout, T)), cin, cout, T)
+            # the calling thread's workspace (not a pool thread's), reused to spare page
+            # faults; above KEEP_BYTES allocated per call instead, so that a deep layer's
+            # large V and M do not stay resident through the rest of the iteration
+            size = _buffer_size(cin, cout, T)
+            buf = _workspace().get(size) if 4 * size <= KEEP_BYTES else np.empty(size, np.float32)
+            bufs = _buffers(buf, cin, cout, T)
             for i in range(n):
                 _whole(x[i], masks[i], Ug, b, relu, y[i], th, tw, nthreads, bufs, backward, W)
     return y
