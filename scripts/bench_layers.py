@@ -58,7 +58,7 @@ def main(argv=None):
             pass
     rng = np.random.default_rng(0)
     print(f"VGG-19 convs at {args.size}x{args.size}; median of {args.repeats}, interleaved; ms")
-    hdr = f"{'layer':8} {'map':>4} {'Cin':>4} {'Cout':>4} | {'wino f':>7} {'im2col f':>8} {'torch f':>7} | {'wino b':>7} {'im2col b':>8} {'torch b':>7} | {'w/t f':>5} {'w/t b':>5} | {'err f':>7} {'err b':>7} | default"
+    hdr = f"{'layer':8} {'map':>4} {'Cin':>4} {'Cout':>4} | {'wino f':>7} {'im2col f':>8} {'torch f':>7} | {'wino b':>7} {'im2col b':>8} {'torch b':>7} | {'w/t f':>5} {'w/t b':>5} | {'err f':>7} {'err b':>7} | default f/b"
     print(hdr)
     print("-" * len(hdr))
     tot = {"w": 0.0, "i": 0.0, "t": 0.0}
@@ -95,12 +95,14 @@ def main(argv=None):
         eb = rel(fns["wb"](), dx64)
         t = lambda k: f"{med[k]:7.2f}" if k in med else f"{'-':>7}"  # noqa: E731
         ratio = lambda a, c: f"{med[a] / med[c]:5.2f}" if c in med else f"{'-':>5}"  # noqa: E731
-        default = "winograd" if ops._winograd_applies(x, W, 1, 1, cin) else "im2col"
+        dflt_f = "wino" if ops._winograd_applies(x, W, 1, 1, cin) else "im2col"
+        dflt_b = "wino" if ops._winograd_applies(x, W, 1, 1, cout) else "im2col"
+        default = f"{dflt_f}/{dflt_b}"
         print(
             f"{name:8} {hw:4d} {cin:4d} {cout:4d} | {t('wf')} {med['if']:8.2f} {t('tf')} | {t('wb')} {med['ib']:8.2f} {t('tb')} |"
             f" {ratio('wf', 'tf')} {ratio('wb', 'tb')} | {ef:7.1e} {eb:7.1e} | {default}"
         )
-        pick = (med["wf"] + med["wb"]) if default == "winograd" else (med["if"] + med["ib"])
+        pick = (med["wf"] if dflt_f == "wino" else med["if"]) + (med["wb"] if dflt_b == "wino" else med["ib"])
         tot["w"] += pick
         tot["i"] += med["if"] + med["ib"]
         if "tf" in med:
