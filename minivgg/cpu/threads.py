@@ -11,6 +11,7 @@ setting: BLAS is limited to one thread only inside :func:`one_blas_thread` block
 ``MINIVGG_NUM_THREADS`` sets the pool size (default: the cores this process may use).
 """
 
+import contextlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -45,9 +46,14 @@ def one_blas_thread():
     loaded libraries, is built once (threadpool_limits() rescans on every call, ~1 ms)."""
     global _BLAS
     if _BLAS is None:
-        from threadpoolctl import ThreadpoolController
+        try:
+            from threadpoolctl import ThreadpoolController
 
-        _BLAS = ThreadpoolController()
+            _BLAS = ThreadpoolController()
+        except ImportError:  # optional: without it BLAS keeps its threads (slower, correct)
+            _BLAS = False
+    if _BLAS is False:
+        return contextlib.nullcontext()
     return _BLAS.limit(limits=1, user_api="blas")
 
 
