@@ -272,3 +272,28 @@ def test_outputs_near_zero_are_recomputed_exactly():
     np.testing.assert_array_equal(y[near] > 0, ref2[near] > 0)
     np.testing.assert_allclose(y[near], np.maximum(ref2[near], 0), rtol=0, atol=1e-6 * np.abs(ref2).max())
     assert rel(y, np.maximum(ref2, 0)) < 5e-6
+
+
+def test_pool_works_in_a_forked_child():
+    """A child forked after the pool started gets a pool of its own (not the parent's dead one)."""
+    import multiprocessing as mp
+
+    from minivgg.cpu import threads
+
+    threads.parallel_range(lambda a, b: None, 4, threads=2)  # start the parent's pool
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_conv, args=(q,))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0 and q.get(timeout=5) < 1e-5
+
+
+def _child_conv(q):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 8, 9, 11)).astype(np.float32)
+    W = he_weights(rng, 8, 8)
+    y = winograd.conv3x3_forward(x, winograd.transform_weights(W), None, threads=2)
+    q.put(rel(y, direct_conv(x, W)))

@@ -17,6 +17,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 _POOL = None
+_POOL_PID = None
 _LOCK = threading.Lock()
 _BLAS = None
 
@@ -33,11 +34,13 @@ def num_threads():
 
 
 def pool():
-    """The process-wide worker pool (created on first use)."""
-    global _POOL
+    """The process-wide worker pool (created on first use, and anew in a forked child,
+    which inherits the pool object but not its threads)."""
+    global _POOL, _POOL_PID
     with _LOCK:
-        if _POOL is None:
+        if _POOL is None or _POOL_PID != os.getpid():
             _POOL = ThreadPoolExecutor(max_workers=num_threads(), thread_name_prefix="minivgg")
+            _POOL_PID = os.getpid()
         return _POOL
 
 
