@@ -698,7 +698,7 @@ def run_classify(args):
         raise MiniVGGError("classification is not available in this installation (minivgg.classify missing)") from None
     from .weights import default_weights_path
 
-    path = args.weights or default_weights_path(args.arch)
+    path = args.weights or default_weights_path(args.arch, classifier=True)
     if path is None:
         sys.stderr.write(f"{PROG}: note: no pretrained weights: the classes below come from random weights and "
                          f"mean nothing\n")

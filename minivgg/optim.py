@@ -95,6 +95,9 @@ class Optimizer:
 
     name = "optimizer"
     default_lr = 1.0
+    # A backend (minivgg.gpu's KernelOps) whose adam_update / sgd_update kernels do the
+    # update steps in place; None: array expressions (numpy or cupy).
+    ops = None
 
     def __init__(self, lr=None, tol=0.0):
         self.lr = self.default_lr if lr is None else float(lr)
@@ -194,6 +197,11 @@ class SGD(Optimizer):
             mean = float(xp.abs(g).mean())
             if mean > 0:
                 self.lr = self.first_step / mean
+        if self.momentum > 0 and hasattr(self.ops, "sgd_update"):
+            first = self.buf is None
+            if first:
+                self.buf = get_array_module(x).empty_like(x)
+            return self.ops.sgd_update(x.copy(), g, self.buf, self.lr, self.momentum, first=first)
         if self.momentum == 0:
             d = g
         elif self.buf is None:
@@ -224,6 +232,8 @@ class Adam(Optimizer):
         self.v = xp.zeros_like(x)
 
     def _step(self, x, g, k):
+        if hasattr(self.ops, "adam_update"):
+            return self.ops.adam_update(x.copy(), g, self.m, self.v, k, self.lr, self.b1, self.b2, self.eps)
         xp = get_array_module(x)
         self.m = self.m * self.b1 + g * (1 - self.b1)
         self.v = self.v * self.b2 + (g * g) * (1 - self.b2)

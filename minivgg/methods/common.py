@@ -10,7 +10,8 @@ The objective evaluated at an input-space image x (1, 3, H, W):
 with Lc = sum over content layers of 1/2 sum (F - P)^2, Ls = sum over style layers of
 w_l E_l (E_l = 1/(4 N^2 M^2) sum (G - A)^2), TV = total_variation(x, beta),
 R_alpha = alpha_norm(x, alpha), and A an activation to maximize (dream, visualize).
-Every value and gradient comes from ``minivgg.losses``; the gradient with respect to x
+Every value and gradient comes from ``minivgg.losses`` (on the GPU and emulated devices
+from the same functions written as kernels, ``net.ops``); the gradient with respect to x
 is one ``net.backward`` of the per-layer gradients plus the regularizers' gradients.
 """
 
@@ -102,6 +103,7 @@ class Objective:
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.layers = list(dict.fromkeys(list(self.content) + list(self.style) + [a[0] for a in self.activation]))
         self.evaluations = 0
+        self.L = _loss_ops(net)
 
     def __call__(self, x):
         self.evaluations += 1
@@ -118,12 +120,12 @@ class Objective:
             feats = self.net.forward(xin, self.layers)
             lc = 0.0
             for name, P in self.content.items():
-                v, dF = losses.content_loss(feats[name], P)
+                v, dF = self.L.content_loss(feats[name], P)
                 lc += v
                 _add(grads, name, dF * self.cw)
             ls = 0.0
             for name, (A, w) in self.style.items():
-                v, dF = losses.style_loss(feats[name], A)
+                v, dF = self.L.style_loss(feats[name], A)
                 ls += w * v
                 _add(grads, name, dF * (self.sw * w))
             act = 0.0
@@ -144,18 +146,27 @@ class Objective:
             grad = xp.zeros_like(x)
         total = self.cw * info.get("content", 0.0) + self.sw * info.get("style", 0.0) - self.actw * info.get("activation", 0.0)
         if self.tvw:
-            v, g = losses.total_variation(x, self.tv_beta)
+            v, g = self.L.total_variation(x, self.tv_beta)
             info["tv"] = v
             total += self.tvw * v
             grad = grad + g * self.tvw
         else:
             info["tv"] = 0.0
         if self.aw:
-            v, g = losses.alpha_norm(x, self.alpha)
+            v, g = self.L.alpha_norm(x, self.alpha)
             info["alpha"] = v
             total += self.aw * v
             grad = grad + g * self.aw
         return total, grad, info
+
+
+def _loss_ops(net):
+    """Where the losses come from: the net's backend when it has them as kernels (gpu,
+    emulated), else ``minivgg.losses`` (same definitions, same contracts)."""
+    ops = getattr(net, "ops", None)
+    if all(hasattr(ops, fn) for fn in ("content_loss", "style_loss", "total_variation", "alpha_norm")):
+        return ops
+    return losses
 
 
 def _add(grads, name, g):
@@ -235,6 +246,7 @@ def run_optimizer(objective, x0, *, optimizer="lbfgs", iters=100, lr=None, optim
         else:
             lr = default_lr(net, optimizer)
     opt = make_optimizer(optimizer, lr=lr, **options)
+    opt.ops = getattr(net, "ops", None)  # update steps as kernels where the backend has them
 
     def on_row(rec):
         row = {"iter": first_row + rec["iter"], "total": rec["loss"]}
