@@ -377,8 +377,8 @@ class LBFGS(Optimizer):
         insuf_progress = False
         low_pos, high_pos = (0, 1) if bracket_f[0] <= bracket_f[-1] else (1, 0)
         while not done and ls_iter < self.max_ls:
-            if abs(bracket[1] - bracket[0]) * d_norm < tol_change:
-                break
+            if abs(bracket[1] - bracket[0]) * d_norm < tol_change or bracket[1] == bracket[0]:
+                break  # the bracket has shrunk to (or below the tolerance of) one point
             t = _cubic_interpolate(bracket[0], bracket_f[0], bracket_gtd[0], bracket[1], bracket_f[1], bracket_gtd[1])
             eps = 0.1 * (max(bracket) - min(bracket))
             if min(max(bracket) - t, t - min(bracket)) < eps:
@@ -418,6 +418,8 @@ def _cubic_interpolate(x1, f1, g1, x2, f2, g2, bounds=None):
         xmin_bound, xmax_bound = bounds
     else:
         xmin_bound, xmax_bound = (x1, x2) if x1 <= x2 else (x2, x1)
+    if x1 == x2:  # no interval: the cubic is undefined
+        return min(max(x1, xmin_bound), xmax_bound)
     d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
     d2_square = d1**2 - g1 * g2
     if d2_square >= 0:

@@ -214,3 +214,13 @@ def test_sgd_first_step_sets_the_rate_once():
     np.testing.assert_allclose(rows[1]["x"], -0.01 / np.abs(g1).mean() * g1)
     assert res.stopped == "iterations"
     assert SGD(lr=0.5, first_step=0.01).first_step is None
+
+
+def test_cubic_interpolate_on_a_collapsed_bracket():
+    """A zoom bracket can shrink to one point (tolerance_change=0): no division by zero."""
+    from minivgg.optim import _cubic_interpolate
+
+    assert _cubic_interpolate(0.5, 1.0, -1e-18, 0.5, 1.0, -1e-18) == 0.5
+    assert _cubic_interpolate(0.5, 1.0, -1.0, 0.5, 1.0, -1.0, bounds=(0.6, 1.0)) == 0.6
+    # a genuine interval still gives the cubic's minimizer: f = (t - 1)^2 from t = 0 and 3
+    assert abs(_cubic_interpolate(0.0, 1.0, -2.0, 3.0, 4.0, 4.0) - 1.0) < 1e-12
