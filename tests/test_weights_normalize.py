@@ -70,16 +70,23 @@ def test_normalized_means_are_one_and_layers_scale(weights_file, image_files, tm
 
     # every layer's output is the original's divided per channel by that layer's means
     block_last = {f"pool{b}": f"conv{b}_{gen.BLOCKS['vgg16'][b - 1]}" for b in range(1, 6)}
+    convs = sorted({block_last.get(l, "conv" + l[4:] if l.startswith("relu") else l) for l in CHECK})
     for img in imgs[:2]:
-        fo = orig.forward(orig.preprocess(img), CHECK)
+        fo = orig.forward(orig.preprocess(img), CHECK + convs)
         fn = norm.forward(norm.preprocess(img), CHECK)
         for l in CHECK:
             conv = block_last.get(l, "conv" + l[4:] if l.startswith("relu") else l)
             m = layer_scales(m_orig[conv])[None, :, None, None]
             expect = fo[l] / m
-            # per channel, relative to that channel's largest value (float32 noise scales with it)
+            # per channel: float32 noise scales with the channel's largest value and with its
+            # pre-activations (a mostly dead channel after ReLU keeps the rounding of
+            # pre-activations thousands of times larger than its outputs: the normalized
+            # weights are stored in float32); 1e-6 of those is about 16 float32 ulps
             err = np.abs(fn[l] - expect).max(axis=(0, 2, 3))
-            assert np.all(err <= 1e-3 * np.abs(expect).max(axis=(0, 2, 3)) + 1e-5), l
+            pre = np.abs(fo[conv] / m).max(axis=(0, 2, 3))
+            lim = 1e-3 * np.abs(expect).max(axis=(0, 2, 3)) + 1e-6 * pre + 1e-5
+            bad = np.flatnonzero(err > lim)
+            assert bad.size == 0, (l, bad, err[bad], lim[bad])
 
 
 def test_normalize_builtin_images_default(weights_file, tmp_path, capsys):
