@@ -297,3 +297,46 @@ def _child_conv(q):
     W = he_weights(rng, 8, 8)
     y = winograd.conv3x3_forward(x, winograd.transform_weights(W), None, threads=2)
     q.put(rel(y, direct_conv(x, W)))
+
+
+def test_max_pool_near_ties_are_recomputed_exactly():
+    """conv2d_relu_forward(pool_ties=True): outputs that tie (to POOL_TIE_BELOW of the
+    layer's largest) for their 2x2 window's maximum come from the float64 direct sum, so the
+    max pool picks the unit an exact computation picks; everything else is untouched.
+
+    Ties are planted: x and W mirror-symmetric across the middle of a 46-wide map, so
+    columns 22 and 23 (one pooling window) are mirror images, then column 23's input moved
+    by 1e-6 relative: their outputs differ by about that much, below Winograd's error."""
+    rng = np.random.default_rng(21)
+    x = np.maximum(rng.standard_normal((1, 128, 48, 46)), 0)
+    x = (x + x[:, :, :, ::-1]) / 2
+    x[:, :, :, 23] *= 1 + 1e-6 * rng.standard_normal((1, 128, 48))
+    x = x.astype(np.float32)
+    W = he_weights(rng, 48, 128)
+    W = ((W + W[:, :, :, ::-1]) / 2).astype(np.float32)
+    b = rng.standard_normal(48).astype(np.float32) * 0.1
+    assert ops._winograd_applies(x, W, 1, 1, 128)  # the path with Winograd's error
+    exact = np.maximum(direct_conv(x, W, b), 0)
+    plain, _ = ops.conv2d_relu_forward(x, W, b, 1, 1, {})
+    fixed, _ = ops.conv2d_relu_forward(x, W, b, 1, 1, {}, pool_ties=True)
+    pair = (slice(None), slice(None), slice(None), slice(22, 24))
+    # the pairs that hold their window's maximum (the other row of the window is lower)
+    rowmax = exact[pair].max(axis=-1)
+    other = rowmax.reshape(1, 48, 24, 2)[..., ::-1].reshape(rowmax.shape)
+    tied = (exact[pair] > 0).all(axis=-1) & (rowmax > other)
+    assert tied.sum() > 200
+    # every planted pair is a candidate and now holds the exact values
+    np.testing.assert_allclose(fixed[pair][tied], exact[pair][tied], rtol=1e-7, atol=0)
+    gap = np.abs(exact[pair][..., 0] - exact[pair][..., 1])
+    clear = tied & (gap > 1e-6 * np.abs(exact[pair]).max(axis=-1))  # not tied in float32 too
+    assert clear.sum() > 100
+    np.testing.assert_array_equal(fixed[pair].argmax(-1)[clear], exact[pair].argmax(-1)[clear])
+    assert (plain[pair].argmax(-1)[clear] != exact[pair].argmax(-1)[clear]).sum() > 10  # without: flips
+    # outside the candidates nothing moved
+    changed = fixed != plain
+    within = fixed.max() * winograd.POOL_TIE_BELOW
+    for n, o, i, j in np.argwhere(changed):
+        i0, j0 = i // 2 * 2, j // 2 * 2
+        window = fixed[n, o, i0 : i0 + 2, j0 : j0 + 2]
+        assert window.max() - fixed[n, o, i, j] <= 2 * within
+    assert rel(fixed, exact) < 5e-6

@@ -109,18 +109,25 @@ def conv2d_backward(dy, cache, param_grads):
     return dx, dW.reshape(W.shape), db
 
 
-def conv2d_relu_forward(x, W, b, stride, pad, state):
+def conv2d_relu_forward(x, W, b, stride, pad, state, pool_ties=False):
     """relu(conv2d(x)) in one pass where Winograd applies (ReLU in the output transform);
-    for a net that does not need the pre-activation. Returns (y, conv cache)."""
+    for a net that does not need the pre-activation. Returns (y, conv cache).
+
+    pool_ties: a 2x2 max pool comes next; its near-ties are recomputed exactly
+    (``winograd.refine_pool_ties``) so that it picks the units an exact computation would.
+    """
     if _winograd_applies(x, W, stride, pad, W.shape[1]):
         U = _winograd_weights(state, "winograd", lambda: winograd.transform_weights(W))
-        return winograd.conv3x3_forward(x, U, b, relu=True, W=W), (x, W, stride, pad, state)
-    y, cache = conv2d_forward(x, W, b, stride, pad, state)
-    if y.dtype == np.float32:
-        fused.relu_forward(y, y)  # in place: y is ours
+        y = winograd.conv3x3_forward(x, U, b, relu=True, W=W)
     else:
-        k.relu_forward(y, y)
-    return y, cache
+        y, _ = conv2d_forward(x, W, b, stride, pad, state)
+        if y.dtype == np.float32:
+            fused.relu_forward(y, y)  # in place: y is ours
+        else:
+            k.relu_forward(y, y)
+    if pool_ties and y.dtype == np.float32 and W.shape[2:] == (3, 3) and stride == 1 and pad == 1:
+        winograd.refine_pool_ties(x, W, b, y)
+    return y, (x, W, stride, pad, state)
 
 
 def relu_conv2d_backward(dy, y, cache):

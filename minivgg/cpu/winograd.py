@@ -183,6 +183,70 @@ def _refine(x, W, b, relu, cand, n, y):
 _NO_CAND = np.empty((0, 3), np.int32)
 
 
+# Max-pooling's choice between near-equal values. Like a sign near zero, an argmax
+# between two outputs closer than the float32 error picks the unit that gets the whole
+# gradient at random; one such flip in pool1 moved a 224x224 input gradient by 1e-2. So
+# before a max pool the windows whose largest values lie within POOL_TIE_BELOW of the
+# layer's largest output are recomputed directly in float64 (a few dozen per layer).
+POOL_TIE_BELOW = np.float32(3e-5)
+TIE_CANDIDATES = 1 << 12  # per thread and image; more are left as they are (never seen)
+
+
+@njit(nogil=True, cache=True)
+def _tie_candidates(y, tol, o0, o1, cand):
+    """(o, i, j) of every value within tol of its 2x2 window's maximum, in the windows
+    (floor rounding) of channels o0..o1-1 with a positive maximum and two or more such
+    values. Returns how many were found (at most len(cand) are written)."""
+    H, Wd = y.shape[1], y.shape[2]
+    n = 0
+    for o in range(o0, o1):
+        for i in range(0, H - 1, 2):
+            for j in range(0, Wd - 1, 2):
+                m = max(max(y[o, i, j], y[o, i, j + 1]), max(y[o, i + 1, j], y[o, i + 1, j + 1]))
+                if m <= 0:
+                    continue
+                close = 0
+                for a in range(2):
+                    for e in range(2):
+                        if m - y[o, i + a, j + e] <= tol:
+                            close += 1
+                if close < 2:
+                    continue
+                for a in range(2):
+                    for e in range(2):
+                        if m - y[o, i + a, j + e] <= tol:
+                            if n < cand.shape[0]:
+                                cand[n, 0] = o
+                                cand[n, 1] = i + a
+                                cand[n, 2] = j + e
+                            n += 1
+    return n
+
+
+def _refine_ties(x, W, b, y, tol, o0, o1):
+    cand = np.empty((TIE_CANDIDATES, 3), np.int32)
+    n = _tie_candidates(y, tol, o0, o1, cand)
+    if n:
+        _refine(x, W, b, True, cand, min(n, TIE_CANDIDATES), y)
+
+
+def refine_pool_ties(x, W, b, y, threads=None):
+    """Before a 2x2 max pool: recompute exactly (float64, then ReLU) the outputs of
+    y = relu(conv3x3(x, W, b)) (stride 1, pad 1) that tie for their window's maximum to
+    within POOL_TIE_BELOW of the layer's largest output, in place. x (N, Cin, H, W),
+    y (N, Cout, H, W) float32."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    W = np.ascontiguousarray(W, dtype=np.float32)
+    b = np.ascontiguousarray(b, dtype=np.float32)
+    nthreads = threads or num_threads()
+    pool = _pool()
+    for i in range(y.shape[0]):
+        tol = np.float32(POOL_TIE_BELOW * float(y[i].max()))
+        _wait([pool.submit(_refine_ties, x[i], W, b, y[i], tol, o0, o1) for o0, o1 in _split(y.shape[1], nthreads)])
+
+
+
+
 def _output(M, b, relu, o0, o1, ti0, ti1, tw, y, backward, x, W):
     """Output transform of channels o0..o1-1 in this thread, then the near-zero fix-up."""
     fout = _KERNELS[backward][1]

@@ -137,11 +137,12 @@ class KernelOps:
         """im2col (kernel) + one GEMM per chunk of images + bias (kernel)."""
         return self._conv_forward(x, W, b, stride, pad, relu=False)
 
-    def conv2d_relu_forward(self, x, W, b, stride, pad, state):
+    def conv2d_relu_forward(self, x, W, b, stride, pad, state, pool_ties=False):
         """conv2d_forward followed by a ReLU, the bias and the ReLU fused in one kernel.
 
         Returns ``(y, cache)`` with y the ReLU's output; backward is
-        ``conv2d_backward(relu_backward(dy, y), cache, ...)``.
+        ``conv2d_backward(relu_backward(dy, y), cache, ...)``. ``pool_ties`` (the CPU
+        backend's exact recomputation of max-pool near-ties) is not done here.
         """
         return self._conv_forward(x, W, b, stride, pad, relu=True)
 
