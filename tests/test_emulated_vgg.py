@@ -224,3 +224,25 @@ def test_methods_take_losses_and_updates_from_the_kernels(weights, optimizer, mo
     assert len(he) == 4 and he[-1] < he[0]
     np.testing.assert_allclose(he, hc, rtol=1e-4)
     assert rel_err(res["emulated"].x, res["cpu"].x) < 1e-4
+
+
+@pytest.mark.torch
+def test_emulated_max_pool_gradient_with_a_near_tie_matches_float64():
+    """With max pooling, a 2x2 window whose two largest outputs differ by less than the
+    float32 error sends its gradient to a unit chosen by rounding. At this size and seed
+    pool1 has such a window (it moved the input gradient by 1e-2 before the GPU path
+    recomputed near-ties exactly, kernels/refine.cu); now the gradient matches float64."""
+    torch = pytest.importorskip("torch")
+    from helpers_torch import torch_forward, torch_vgg
+
+    params = random_weights("vgg16", seed=1)
+    net = load_vgg("vgg16", weights=params, pooling="max", device="emulated")
+    layers = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu4_2", "relu5_1"]
+    x = (np.random.default_rng(100).standard_normal((1, 3, 100, 100)) * 40).astype(np.float32)
+    feats = net.forward(x, layers)
+    dx = net.backward({l: feats[l] * np.float32(1e-6) for l in layers})
+    xt = torch.from_numpy(x).double().requires_grad_(True)
+    tf = torch_forward(torch_vgg("vgg16", params, "max", dtype=torch.float64), xt, set(layers))
+    (gt,) = torch.autograd.grad(sum(0.5e-6 * (tf[l] ** 2).sum() for l in layers), xt)
+    gt = gt.numpy()
+    assert np.abs(dx - gt).max() / np.abs(gt).max() < 1e-5

@@ -172,6 +172,15 @@ for dt in (np.float32, np.float64):
     r = o.relu_forward(y)
     out["relu" + dt.__name__] = o.relu_backward(y * 3, r)
     yr, _ = o.conv2d_relu_forward(x, W, b, 1, 1, {})
+    flag = np.empty(yr.shape, np.int32)  # refine.cu: a loose tolerance marks many ties
+    o.launch(o.kernel("refine", "pool_tie_mark", dt), yr.size, yr, np.full(2, 1.0, dt), flag,
+             np.int32(2), np.int32(4), np.int32(7), np.int32(5))
+    at = np.flatnonzero(flag).astype(np.int64)
+    ye = np.zeros_like(yr)
+    o.launch(o.kernel("refine", "conv3x3_relu_exact", dt), at.size, x, W, b, ye, at, np.int64(at.size),
+             np.int32(3), np.int32(4), np.int32(7), np.int32(5))
+    out["ties" + dt.__name__] = flag.astype(dt)
+    out["exact" + dt.__name__] = ye
     for k, s in [(2, 2), (3, 2), (2, 1)]:
         a = o.avg_pool2d_forward(x, k, s)
         out[f"avg{k}{s}{dt.__name__}"] = o.avg_pool2d_backward(a, x.shape, k, s)

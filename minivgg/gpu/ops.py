@@ -141,10 +141,34 @@ class KernelOps:
         """conv2d_forward followed by a ReLU, the bias and the ReLU fused in one kernel.
 
         Returns ``(y, cache)`` with y the ReLU's output; backward is
-        ``conv2d_backward(relu_backward(dy, y), cache, ...)``. ``pool_ties`` (the CPU
-        backend's exact recomputation of max-pool near-ties) is not done here.
+        ``conv2d_backward(relu_backward(dy, y), cache, ...)``.
+
+        pool_ties: a 2x2 max pool comes next. The outputs that tie, to ``POOL_TIE_BELOW``
+        of the image's largest output, for their window's maximum are listed
+        (``pool_tie_mark``) and recomputed exactly (``conv3x3_relu_exact``, a double sum),
+        so the pool picks the unit an exact computation picks (as on the CPU).
         """
-        return self._conv_forward(x, W, b, stride, pad, relu=True)
+        y, cache = self._conv_forward(x, W, b, stride, pad, relu=True)
+        if pool_ties and y.dtype == np.float32 and W.shape[2:] == (3, 3) and stride == 1 and pad == 1 and b is not None:
+            self._refine_pool_ties(cache[0], W, b, y)
+        return y, cache
+
+    def _refine_pool_ties(self, x, W, b, y):
+        from ..cpu.winograd import POOL_TIE_BELOW
+
+        xp = self.xp
+        N, F, H, Wd = y.shape
+        dt = y.dtype
+        tol = self._c(y.reshape(N, -1).max(axis=1) * dt.type(POOL_TIE_BELOW), dt)
+        flag = xp.empty(y.shape, dtype=np.int32)
+        i32 = np.int32
+        self.launch(self.kernel("refine", "pool_tie_mark", dt), y.size,
+                    y, tol, flag, i32(N), i32(F), i32(H), i32(Wd))
+        at = self._c(xp.flatnonzero(flag), np.int64)
+        if at.size:
+            self.launch(self.kernel("refine", "conv3x3_relu_exact", dt), at.size,
+                        x, self._c(W, dt), self._c(b, dt), y, at, np.int64(at.size),
+                        i32(x.shape[1]), i32(F), i32(H), i32(Wd))
 
     def conv2d_backward(self, dy, cache, param_grads):
         """dx = col2im(W2^T @ dy[n]) (GEMM + kernel); dW = sum_n dy[n] @ im2col(x[n])^T; db = dy @ 1."""
