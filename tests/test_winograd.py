@@ -205,6 +205,31 @@ def test_avg_pool2x2_kernels_match_the_general_loops(shape):
     np.testing.assert_array_equal(dx, dx0)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (1, 4, 8, 6), (1, 2, 2, 3)])
+def test_max_pool2x2_kernels_match_the_general_loops(shape):
+    """fused.max_pool2x2_* give exactly what the general k x k / stride s loops give,
+    ties (first maximum) and NaNs included."""
+    from minivgg.cpu import fused
+    from minivgg.cpu import im2col as general
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((shape[0] * shape[1] * 3000,) + shape[2:]).astype(np.float32)
+    x[::7] = np.round(x[::7])  # many exact ties
+    x[5, 0, 1] = x[9, 1, 0] = x[9, 1, 1] = np.nan
+    ho, wo = shape[2] // 2, shape[3] // 2
+    y, y0 = np.empty((x.shape[0], ho, wo), np.float32), np.empty((x.shape[0], ho, wo), np.float32)
+    arg, arg0 = np.empty(y.shape, np.uint8), np.empty(y.shape, np.uint8)
+    fused.max_pool2x2_forward(x, y, arg)
+    general.max_pool_forward(x, 2, 2, y0, arg0)
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_array_equal(arg, arg0)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, dx0 = np.full(x.shape, np.nan, np.float32), np.empty(x.shape, np.float32)
+    fused.max_pool2x2_backward(dy, arg, dx)
+    general.max_pool_backward(dy, arg0, 2, 2, dx0)
+    np.testing.assert_array_equal(dx, dx0)
+
+
 def test_fused_conv_relu_ops_match_the_separate_ops(monkeypatch):
     """ops.conv2d_relu_forward / relu_conv2d_backward = conv, then relu (and back), on both
     the Winograd path and the im2col fallback."""

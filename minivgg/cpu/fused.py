@@ -11,6 +11,10 @@ the same order, in float64 as there, times 0.25, which is exact):
     y[p, i, j] = 0.25 * (x[p, 2i, 2j] + x[p, 2i, 2j+1] + x[p, 2i+1, 2j] + x[p, 2i+1, 2j+1])
     dx[p, 2i+a, 2j+b] = 0.25 * dy[p, i, j]   (a, b in {0, 1}; 0 in a trailing odd row/column)
 
+2x2 stride-2 max pooling likewise: forward keeps the window offset a*2+b of the maximum
+as the general loop picks it (the first in row-major order; a NaN wins), backward puts dy
+there and zeros elsewhere; bit for bit the general loops' results.
+
 ReLU: y = max(x, 0); backward dx = dy * (y > 0).
 """
 
@@ -60,6 +64,59 @@ def _avg_pool2x2_backward(p0, p1, dy, out):
                 out[p, r, q] = 0
 
 
+@njit(nogil=True, cache=True)
+def _max_pool2x2_forward(p0, p1, x, out, arg):
+    Ho, Wo = out.shape[1], out.shape[2]
+    for p in range(p0, p1):
+        for i in range(Ho):
+            r0 = x[p, 2 * i]
+            r1 = x[p, 2 * i + 1]
+            o = out[p, i]
+            g = arg[p, i]
+            for j in range(Wo):
+                best = r0[2 * j]
+                bi = 0
+                v = r0[2 * j + 1]
+                if v > best or v != v:
+                    best = v
+                    bi = 1
+                v = r1[2 * j]
+                if v > best or v != v:
+                    best = v
+                    bi = 2
+                v = r1[2 * j + 1]
+                if v > best or v != v:
+                    best = v
+                    bi = 3
+                o[j] = best
+                g[j] = bi
+
+
+@njit(nogil=True, cache=True)
+def _max_pool2x2_backward(p0, p1, dy, arg, out):
+    H, W = out.shape[1], out.shape[2]
+    Ho, Wo = dy.shape[1], dy.shape[2]
+    for p in range(p0, p1):
+        for i in range(Ho):
+            g = dy[p, i]
+            m = arg[p, i]
+            r0 = out[p, 2 * i]
+            r1 = out[p, 2 * i + 1]
+            for j in range(Wo):
+                v = g[j]
+                k = m[j]
+                r0[2 * j] = v if k == 0 else _0
+                r0[2 * j + 1] = v if k == 1 else _0
+                r1[2 * j] = v if k == 2 else _0
+                r1[2 * j + 1] = v if k == 3 else _0
+            for q in range(2 * Wo, W):
+                r0[q] = 0
+                r1[q] = 0
+        for r in range(2 * Ho, H):
+            for q in range(W):
+                out[p, r, q] = 0
+
+
 @njit(nogil=True, fastmath=True, cache=True)
 def _relu_forward(i0, i1, x, out):
     xs = x[i0:i1]
@@ -86,6 +143,16 @@ def avg_pool2x2_forward(x, out):
 def avg_pool2x2_backward(dy, out):
     """dy (P, Ho, Wo) float32 -> out (P, H, W) with H >= 2 Ho, W >= 2 Wo."""
     parallel_range(_avg_pool2x2_backward, dy.shape[0], dy, out, min_per_thread=max(1, _CHUNK // out[0].size))
+
+
+def max_pool2x2_forward(x, out, arg):
+    """x (P, H, W) float32 -> out (P, H // 2, W // 2) and arg (same shape, uint8: a*2+b)."""
+    parallel_range(_max_pool2x2_forward, x.shape[0], x, out, arg, min_per_thread=max(1, _CHUNK // x[0].size))
+
+
+def max_pool2x2_backward(dy, arg, out):
+    """dy (P, Ho, Wo) float32 and forward's arg -> out (P, H, W) with H >= 2 Ho, W >= 2 Wo."""
+    parallel_range(_max_pool2x2_backward, dy.shape[0], dy, arg, out, min_per_thread=max(1, _CHUNK // out[0].size))
 
 
 def relu_forward(x, out):
