@@ -4,12 +4,14 @@
 One iteration = VGG-19 (average pooling) forward to relu1_1 relu2_1 relu3_1 relu4_1
 relu4_2 relu5_1, the content loss (relu4_2) and the five style losses, and backward to
 the image. Each implementation runs in its own worker process (so peak memory is its
-own: VmHWM of the worker), and the parent interleaves the two: one minivgg iteration,
-one torch iteration, and so on. Prints medians after warm-up, the ratio, and peak RSS.
+own: VmHWM of the worker; --in-process runs both in this one process instead), and the
+parent interleaves the two: one minivgg iteration, one torch iteration, and so on.
+Prints medians after warm-up, the ratio, and peak RSS.
 
     python scripts/bench.py                    # 256 and 512, 7 repeats
     python scripts/bench.py --sizes 256 --repeats 5 --arch vgg16
     python scripts/bench.py --device gpu       # CuPy vs torch CUDA, when both are present
+    python scripts/bench.py --in-process       # both in one process (peak memory not separable)
 """
 
 import argparse
@@ -41,7 +43,7 @@ def _inputs(size, seed=0):
     return x, t
 
 
-def _minivgg_worker(conn, arch, size, device):
+def _minivgg_step(arch, size, device):
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     from minivgg import load_vgg
     from minivgg.losses import content_loss, gram_matrix, style_loss
@@ -69,10 +71,14 @@ def _minivgg_worker(conn, arch, size, device):
             xp.cuda.Device().synchronize()
         return loss, dx
 
-    _serve(conn, step)
+    return step
 
 
-def _torch_worker(conn, arch, size, device):
+def _minivgg_worker(conn, arch, size, device):
+    _serve(conn, _minivgg_step(arch, size, device))
+
+
+def _torch_step(arch, size, device):
     import torch
 
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -128,7 +134,11 @@ def _torch_worker(conn, arch, size, device):
             torch.cuda.synchronize()
         return float(loss.detach()), dx
 
-    _serve(conn, step)
+    return step
+
+
+def _torch_worker(conn, arch, size, device):
+    _serve(conn, _torch_step(arch, size, device))
 
 
 def _serve(conn, step):
@@ -141,6 +151,24 @@ def _serve(conn, step):
         t0 = time.perf_counter()
         loss, _ = step()
         conn.send((time.perf_counter() - t0, float(loss)))
+
+
+def bench_size_in_process(arch, size, repeats, warmup, device, with_torch):
+    """Both implementations in this process, interleaved (no per-implementation peak)."""
+    steps = {"minivgg": _minivgg_step(arch, size, device)}
+    if with_torch:
+        steps["torch"] = _torch_step(arch, size, device)
+    times = {n: [] for n in steps}
+    losses = {}
+    for r in range(warmup + repeats):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            loss, _ = step()
+            dt = time.perf_counter() - t0
+            losses[name] = float(loss)
+            if r >= warmup:
+                times[name].append(dt)
+    return {n: (statistics.median(ts), float("nan"), losses[n]) for n, ts in times.items()}
 
 
 def bench_size(arch, size, repeats, warmup, device, with_torch):
@@ -181,6 +209,8 @@ def main(argv=None):
     ap.add_argument("--arch", default="vgg19", choices=["vgg16", "vgg19"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"], help="gpu: CuPy vs torch CUDA")
     ap.add_argument("--no-torch", action="store_true", help="time minivgg alone")
+    ap.add_argument("--in-process", action="store_true",
+                    help="run both implementations in this one process (their threads share it; no peak memory)")
     args = ap.parse_args(argv)
     with_torch = not args.no_torch
     if with_torch:
@@ -193,18 +223,22 @@ def main(argv=None):
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; device {args.device}; {args.arch}, avg pooling")
     print(f"one iteration = forward to {', '.join(LAYERS)} + content/style losses + backward to the image")
-    print(f"median of {args.repeats} after {args.warmup} warm-up, interleaved\n")
+    where = "in one process" if args.in_process else "separate worker processes"
+    print(f"median of {args.repeats} after {args.warmup} warm-up, interleaved, {where}\n")
     hdr = f"{'size':>5} | {'minivgg s/iter':>14} | {'torch s/iter':>12} | {'ratio':>6} | {'minivgg peak MB':>15} | {'torch peak MB':>13} | loss rel diff"
     print(hdr)
     print("-" * len(hdr))
     for size in [int(s) for s in args.sizes.split(",")]:
-        res = bench_size(args.arch, size, args.repeats, args.warmup, args.device, with_torch)
+        run = bench_size_in_process if args.in_process else bench_size
+        res = run(args.arch, size, args.repeats, args.warmup, args.device, with_torch)
         m = res["minivgg"]
         if with_torch:
             t = res["torch"]
-            print(f"{size:>5} | {m[0]:>14.3f} | {t[0]:>12.3f} | {m[0] / t[0]:>6.2f} | {m[1]:>15.0f} | {t[1]:>13.0f} | {abs(m[2] - t[2]) / abs(t[2]):.1e}")
+            mp_, tp = ("-", "-") if args.in_process else (f"{m[1]:.0f}", f"{t[1]:.0f}")
+            print(f"{size:>5} | {m[0]:>14.3f} | {t[0]:>12.3f} | {m[0] / t[0]:>6.2f} | {mp_:>15} | {tp:>13} | {abs(m[2] - t[2]) / abs(t[2]):.1e}")
         else:
-            print(f"{size:>5} | {m[0]:>14.3f} | {'-':>12} | {'-':>6} | {m[1]:>15.0f} | {'-':>13} |")
+            mp_ = "-" if args.in_process else f"{m[1]:.0f}"
+            print(f"{size:>5} | {m[0]:>14.3f} | {'-':>12} | {'-':>6} | {mp_:>15} | {'-':>13} |")
         sys.stdout.flush()
 
 
