@@ -3,61 +3,90 @@
 im2col unrolls every k x k patch of one image (C, H, W) into a column of the matrix
 ``cols`` (C*kh*kw, Ho*Wo), so that a convolution becomes one GEMM:
 ``y = W.reshape(Cout, C*kh*kw) @ cols``. col2im is its adjoint: it sums each column
-entry back to the pixel it came from. It is written as a gather (each input pixel
-collects the entries that read it) so that no two threads write the same element.
+entry back to the pixel it came from. Both run over minivgg's thread pool: im2col
+split by rows, col2im by channels (a thread owns whole planes, so no two threads write
+the same element).
 """
 
 import numpy as np
 from numba import njit, prange
 
+from .threads import parallel_range
 
-@njit(parallel=True, cache=True)
-def im2col(x, kh, kw, stride, pad, Ho, Wo, out):
-    """Fill ``out`` (C*kh*kw, Ho*Wo) with the patches of ``x`` (C, H, W); zero padding."""
+
+@njit(nogil=True, cache=True)
+def _im2col_rows(r0, r1, x, kh, kw, stride, pad, Ho, Wo, out):
+    """Rows r0..r1-1 of im2col's ``out`` (one row per (c, ki, kj))."""
     C, H, W = x.shape
-    for r in prange(C * kh * kw):
+    for r in range(r0, r1):
         c = r // (kh * kw)
         ki = (r // kw) % kh
         kj = r % kw
+        # the output columns ow whose input column ow * stride - pad + kj lies inside
+        lo = min(Wo, max(0, -((kj - pad) // stride)))
+        hi = min(Wo, max(lo, (W - 1 - kj + pad) // stride + 1))
         for oh in range(Ho):
             i = oh * stride - pad + ki
-            base = oh * Wo
+            o = out[r, oh * Wo : (oh + 1) * Wo]
             if i < 0 or i >= H:
                 for ow in range(Wo):
-                    out[r, base + ow] = 0
+                    o[ow] = 0
                 continue
-            for ow in range(Wo):
-                j = ow * stride - pad + kj
-                if j >= 0 and j < W:
-                    out[r, base + ow] = x[c, i, j]
-                else:
-                    out[r, base + ow] = 0
+            xr = x[c, i]
+            for ow in range(lo):
+                o[ow] = 0
+            if stride == 1:
+                for ow in range(lo, hi):
+                    o[ow] = xr[ow - pad + kj]
+            else:
+                for ow in range(lo, hi):
+                    o[ow] = xr[ow * stride - pad + kj]
+            for ow in range(hi, Wo):
+                o[ow] = 0
 
 
-@njit(parallel=True, cache=True)
-def col2im(cols, kh, kw, stride, pad, Ho, Wo, out):
-    """Adjoint of im2col: ``out[c, i, j] = sum of cols entries that im2col read from (c, i, j)``."""
+def im2col(x, kh, kw, stride, pad, Ho, Wo, out):
+    """Fill ``out`` (C*kh*kw, Ho*Wo) with the patches of ``x`` (C, H, W); zero padding.
+    Rows are split over minivgg's thread pool (cpu/threads.py: why not prange)."""
+    parallel_range(_im2col_rows, out.shape[0], x, kh, kw, stride, pad, Ho, Wo, out,
+                   min_per_thread=max(1, (1 << 15) // max(1, out.shape[1])))
+
+
+@njit(nogil=True, cache=True)
+def _col2im_planes(c0, c1, cols, kh, kw, stride, pad, Ho, Wo, out):
+    """Planes c0..c1-1 of col2im's ``out``. Each pixel sums the entries that read it in
+    (ki, kj) order starting from zero, as a per-pixel gather would, but row segment by
+    row segment (contiguous, vectorisable)."""
     C, H, W = out.shape
-    for c in prange(C):
+    for c in range(c0, c1):
+        oc = out[c]
         for i in range(H):
             for j in range(W):
-                s = cols[0, 0] * 0
-                for ki in range(kh):
-                    t = i + pad - ki
-                    if t < 0 or t % stride != 0:
+                oc[i, j] = 0
+        for ki in range(kh):
+            for kj in range(kw):
+                r = (c * kh + ki) * kw + kj
+                lo = min(Wo, max(0, -((kj - pad) // stride)))
+                hi = min(Wo, max(lo, (W - 1 - kj + pad) // stride + 1))
+                for oh in range(Ho):
+                    i = oh * stride - pad + ki
+                    if i < 0 or i >= H:
                         continue
-                    oh = t // stride
-                    if oh >= Ho:
-                        continue
-                    for kj in range(kw):
-                        u = j + pad - kj
-                        if u < 0 or u % stride != 0:
-                            continue
-                        ow = u // stride
-                        if ow >= Wo:
-                            continue
-                        s += cols[(c * kh + ki) * kw + kj, oh * Wo + ow]
-                out[c, i, j] = s
+                    src = cols[r, oh * Wo : (oh + 1) * Wo]
+                    dst = oc[i]
+                    if stride == 1:
+                        for ow in range(lo, hi):
+                            dst[ow - pad + kj] += src[ow]
+                    else:
+                        for ow in range(lo, hi):
+                            dst[ow * stride - pad + kj] += src[ow]
+
+
+def col2im(cols, kh, kw, stride, pad, Ho, Wo, out):
+    """Adjoint of im2col: ``out[c, i, j] = sum of cols entries that im2col read from (c, i, j)``.
+    Each thread owns whole planes (channels), so no two threads write the same element."""
+    parallel_range(_col2im_planes, out.shape[0], cols, kh, kw, stride, pad, Ho, Wo, out,
+                   min_per_thread=max(1, (1 << 15) // max(1, out.shape[1] * out.shape[2])))
 
 
 @njit(parallel=True, cache=True)
