@@ -160,7 +160,7 @@ class Net:
                 # backend folds bias and ReLU into its output transform); both layers keep
                 # what their own forward would have kept.
                 relu = self.layers[self.layer_names[i + 1]]
-                # a max pool next: the CPU backend recomputes its near-ties exactly
+                # a max pool next: its near-ties are recomputed exactly (docs/winograd.md)
                 ties = self.pooling == "max" and i + 2 <= depth and self.layer_names[i + 2].startswith("pool")
                 h, layer._cache = self.ops.conv2d_relu_forward(
                     h, layer.W, layer.b, layer.stride, layer.pad, layer.state, pool_ties=ties)

@@ -237,7 +237,7 @@ def refine_pool_ties(x, W, b, y, threads=None):
     y (N, Cout, H, W) float32."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     W = np.ascontiguousarray(W, dtype=np.float32)
-    b = np.ascontiguousarray(b, dtype=np.float32)
+    b = np.zeros(W.shape[0], np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32)
     nthreads = threads or num_threads()
     pool = _pool()
     for i in range(y.shape[0]):

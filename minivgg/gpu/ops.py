@@ -149,7 +149,7 @@ class KernelOps:
         so the pool picks the unit an exact computation picks (as on the CPU).
         """
         y, cache = self._conv_forward(x, W, b, stride, pad, relu=True)
-        if pool_ties and y.dtype == np.float32 and W.shape[2:] == (3, 3) and stride == 1 and pad == 1 and b is not None:
+        if pool_ties and y.dtype == np.float32 and W.shape[2:] == (3, 3) and stride == 1 and pad == 1:
             self._refine_pool_ties(cache[0], W, b, y)
         return y, cache
 
@@ -167,7 +167,7 @@ class KernelOps:
         at = self._c(xp.flatnonzero(flag), np.int64)
         if at.size:
             self.launch(self.kernel("refine", "conv3x3_relu_exact", dt), at.size,
-                        x, self._c(W, dt), self._c(b, dt), y, at, np.int64(at.size),
+                        x, self._c(W, dt), self._c(xp.zeros(F, dt) if b is None else b, dt), y, at, np.int64(at.size),
                         i32(x.shape[1]), i32(F), i32(H), i32(Wd))
 
     def conv2d_backward(self, dy, cache, param_grads):
