@@ -157,23 +157,56 @@ CANDIDATES = 1 << 14  # per band; more are left at Winograd precision (never see
 @njit(nogil=True, cache=True)
 def _refine(x, W, b, relu, cand, n, y):
     """y[o, i, j] = b[o] + sum_{c,a,e} W[o,c,a,e] x[c, i+a-1, j+e-1] in float64, for the
-    n listed (o, i, j); then max(., 0) when relu."""
+    n listed (o, i, j); then max(., 0) when relu.
+
+    Nine independent float64 sums, one per tap (a, e), over the channels, so that the
+    loads of successive channels (a plane apart: a cache miss each) overlap instead of
+    waiting on one long chain of additions; out-of-range taps (the zero padding) are
+    read clamped and weighted 0 at the end.
+    """
     C, H, Wd = x.shape
     for k in range(n):
         o = cand[k, 0]
         i = cand[k, 1]
         j = cand[k, 2]
-        acc = np.float64(b[o])
+        r0 = max(i - 1, 0)
+        r2 = min(i + 1, H - 1)
+        q0 = max(j - 1, 0)
+        q2 = min(j + 1, Wd - 1)
+        s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = np.float64(0.0)
         for c in range(C):
-            for a in range(3):
-                r = i + a - 1
-                if r < 0 or r >= H:
-                    continue
-                for e in range(3):
-                    q = j + e - 1
-                    if q < 0 or q >= Wd:
-                        continue
-                    acc += np.float64(W[o, c, a, e]) * np.float64(x[c, r, q])
+            xc = x[c]
+            wc = W[o, c]
+            s00 += np.float64(wc[0, 0]) * np.float64(xc[r0, q0])
+            s01 += np.float64(wc[0, 1]) * np.float64(xc[r0, j])
+            s02 += np.float64(wc[0, 2]) * np.float64(xc[r0, q2])
+            s10 += np.float64(wc[1, 0]) * np.float64(xc[i, q0])
+            s11 += np.float64(wc[1, 1]) * np.float64(xc[i, j])
+            s12 += np.float64(wc[1, 2]) * np.float64(xc[i, q2])
+            s20 += np.float64(wc[2, 0]) * np.float64(xc[r2, q0])
+            s21 += np.float64(wc[2, 1]) * np.float64(xc[r2, j])
+            s22 += np.float64(wc[2, 2]) * np.float64(xc[r2, q2])
+        top = i >= 1
+        bottom = i + 1 < H
+        left = j >= 1
+        right = j + 1 < Wd
+        acc = np.float64(b[o]) + s11
+        if left:
+            acc += s10
+        if right:
+            acc += s12
+        if top:
+            acc += s01
+            if left:
+                acc += s00
+            if right:
+                acc += s02
+        if bottom:
+            acc += s21
+            if left:
+                acc += s20
+            if right:
+                acc += s22
         v = np.float32(acc)
         if relu and v < 0:
             v = np.float32(0.0)
