@@ -20,6 +20,8 @@ docs/losses.md derives each gradient. Everything is written with ``xp`` so it ru
 numpy and CuPy arrays alike. Values are Python floats, accumulated in float64.
 """
 
+import numpy as np
+
 from .backend import get_array_module
 
 
@@ -36,11 +38,21 @@ def _as_matrices(F):
     return F.reshape(F.shape[0], F.shape[1], -1)
 
 
+def _matmul(xp, a, b):
+    """a @ b; on the CPU split over minivgg's thread pool with single-threaded BLAS, so that
+    no BLAS threads are left spinning beside the network's own (minivgg/cpu/threads.py)."""
+    if xp is np:
+        from .cpu.threads import matmul
+
+        return matmul(a, b)
+    return xp.matmul(a, b)
+
+
 def gram_matrix(F):
     """G = F F^T per image: (N, C, H, W) -> (N, C, C)."""
     xp = get_array_module(F)
     Fm = _as_matrices(F)
-    return xp.matmul(Fm, Fm.transpose(0, 2, 1))
+    return _matmul(xp, Fm, Fm.transpose(0, 2, 1))
 
 
 def style_loss(F, A):
@@ -51,11 +63,11 @@ def style_loss(F, A):
     xp = get_array_module(F)
     Fm = _as_matrices(F)
     C, M = Fm.shape[1], Fm.shape[2]
-    G = xp.matmul(Fm, Fm.transpose(0, 2, 1))
+    G = _matmul(xp, Fm, Fm.transpose(0, 2, 1))
     D = G - A
     scale = 1.0 / (C * C * M * M)
     value = 0.25 * scale * float((D.astype("float64") ** 2).sum())
-    dF = xp.matmul(D, Fm) * F.dtype.type(scale)
+    dF = _matmul(xp, D, Fm) * F.dtype.type(scale)
     return value, dF.reshape(F.shape)
 
 

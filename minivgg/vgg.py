@@ -13,6 +13,7 @@ A ``Net`` owns its weights and the activations its last forward kept for backwar
 of each requested layer is added where that layer's output enters the chain.
 """
 
+import contextlib
 import sys
 
 import numpy as np
@@ -130,8 +131,22 @@ class Net:
             )
         return layers
 
+    def _one_blas_thread(self):
+        """On the CPU the whole pass keeps numpy's BLAS single-threaded: the kernels split
+        their work over minivgg's own pool, and BLAS threads left spinning after a
+        multi-threaded call slowed the next layers by ~20% (cpu/threads.py)."""
+        if self.device == "cpu":
+            from .cpu.threads import one_blas_thread
+
+            return one_blas_thread()
+        return contextlib.nullcontext()
+
     def forward(self, x, layers):
         """Run ``x`` (N, 3, H, W) up to the deepest of ``layers``; return {name: output}."""
+        with self._one_blas_thread():
+            return self._forward(x, layers)
+
+    def _forward(self, x, layers):
         layers = self.check_layers(layers)
         if not layers:
             raise MiniVGGError("forward needs at least one layer name")
@@ -177,6 +192,10 @@ class Net:
 
     def backward(self, grads):
         """Gradient wrt the last forward's input of ``sum_l <grads[l], F_l(x)>``."""
+        with self._one_blas_thread():
+            return self._backward(grads)
+
+    def _backward(self, grads):
         if self._depth < 0:
             raise RuntimeError("backward called before forward")
         names = self.check_layers(list(grads))

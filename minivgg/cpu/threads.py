@@ -16,6 +16,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 _POOL = None
 _POOL_PID = None
 _LOCK = threading.Lock()
@@ -82,23 +84,28 @@ def parallel_range(fn, n, *args, threads=None, min_per_thread=1):
 
 
 def _matmul_rows(r0, r1, a, b, out):
-    with one_blas_thread():
-        for i in range(out.shape[0]):
-            out[i, r0:r1] = a[i, r0:r1] @ b[i]
+    for i in range(out.shape[0]):
+        np.matmul(a[i, r0:r1], b[i], out=out[i, r0:r1])
 
 
-def matmul(a, b):
+def matmul(a, b, out=None):
     """a @ b for float arrays (M, K) @ (K, N) or stacked (B, M, K) @ (B, K, N), with the
-    output rows split over the pool and single-threaded BLAS (what the Gram matrices and
-    style gradients of losses.py need; see the module docstring for why)."""
-    import numpy as np
-
+    output rows split over the pool and single-threaded BLAS (see the module docstring for
+    why). ``out``: a C-contiguous array of the result's shape and dtype to write into."""
     squeeze = a.ndim == 2 and b.ndim == 2
     a3 = a[None] if a.ndim == 2 else a
     b3 = b[None] if b.ndim == 2 else b
     batch = max(a3.shape[0], b3.shape[0])
     a3 = np.broadcast_to(a3, (batch,) + a3.shape[1:])
     b3 = np.broadcast_to(b3, (batch,) + b3.shape[1:])
-    out = np.empty((batch, a3.shape[1], b3.shape[2]), np.result_type(a3.dtype, b3.dtype))
-    parallel_range(_matmul_rows, a3.shape[1], a3, b3, out, min_per_thread=16)
-    return out[0] if squeeze else out
+    shape = (batch, a3.shape[1], b3.shape[2])
+    if out is None:
+        res = np.empty(shape, np.result_type(a3.dtype, b3.dtype))
+    else:
+        res = out.reshape(shape)
+    # the limit is set once, here: OpenBLAS's thread count is one global setting
+    with one_blas_thread():
+        parallel_range(_matmul_rows, a3.shape[1], a3, b3, res, min_per_thread=16)
+    if out is not None:
+        return out
+    return res[0] if squeeze else res
