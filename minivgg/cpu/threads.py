@@ -5,8 +5,13 @@ Why not numba's ``prange`` or OpenBLAS's own threads: both synchronise their wor
 spinning, and on a small machine shared with other work a spinning barrier waits for its
 slowest, descheduled thread. Measured on a 2-core VM under load, a 2-thread OpenBLAS GEMM
 ran 5x slower than a 1-thread one, and a ``prange`` ReLU over 0.5 M floats took 30 ms.
-A pool thread that finds its piece done simply blocks. Nothing here changes a global
-setting: BLAS is limited to one thread only inside :func:`one_blas_thread` blocks.
+A pool thread that finds its piece done simply blocks. And OpenBLAS's workers keep
+spinning for a while after a multi-threaded call, so a 2-thread GEMM just before a
+kernel of ours slowed that kernel down: ``Net.forward``/``backward`` therefore run whole
+inside one :func:`one_blas_thread` block, and every product on the way (im2col's, the
+style losses') goes through :func:`matmul` here (VGG-19 at 256x256: 0.34 -> 0.25 s an
+iteration). Nothing here changes a global setting for good: BLAS is limited to one
+thread only inside :func:`one_blas_thread` blocks, restored after.
 
 ``MINIVGG_NUM_THREADS`` sets the pool size (default: the cores this process may use).
 """
