@@ -224,3 +224,34 @@ def test_bad_input_raises_project_error():
         load_vgg("vgg16", weights="/nonexistent/w.h5")
     with pytest.raises(MiniVGGError, match="unknown device"):
         load_vgg("vgg16", weights=params, device="tpu")
+
+
+def test_net_leaves_blas_threads_as_it_found_them():
+    """forward/backward keep numpy's BLAS single-threaded inside (cpu/threads.py) and
+    restore the caller's setting after, also when a pass fails."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from minivgg.vgg import random_weights
+
+    def blas_threads():
+        return {i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+
+    def unchanged(before):  # libraries loaded on the way (scipy's BLAS) are not compared
+        now = blas_threads()
+        return all(now[k] == v for k, v in before.items())
+
+    net = load_vgg("vgg16", weights=random_weights("vgg16", seed=0))
+    before = blas_threads()
+    assert before
+    x = np.random.default_rng(0).standard_normal((1, 3, 36, 36)).astype(np.float32)
+    f = net.forward(x, ["relu3_1"])
+    assert unchanged(before)
+    net.backward({"relu3_1": f["relu3_1"]})
+    assert unchanged(before)
+    with pytest.raises(MiniVGGError):
+        net.forward(np.zeros((1, 3, 4, 4), np.float32), ["pool5"])
+    assert unchanged(before)
+    # and it is a real check: inside a pass the limit is 1
+    from minivgg.cpu.threads import one_blas_thread
+
+    with one_blas_thread():
+        assert not unchanged(before) or max(before.values()) == 1

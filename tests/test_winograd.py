@@ -277,6 +277,17 @@ def test_threads_matmul():
     D = rng.standard_normal((40, 40)).astype(np.float32)
     np.testing.assert_allclose(threads.matmul(D, F[0]), D @ F[0], rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(threads.matmul(D[None], F), D @ F, rtol=1e-5, atol=1e-4)
+    out = np.full((40, 300), np.nan, np.float32)
+    assert threads.matmul(D, F[1], out=out) is out
+    np.testing.assert_allclose(out, D @ F[1], rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        threads.matmul(D, F[1], out=np.empty((300, 40), np.float32).T)
+    # the BLAS thread limit is restored after the call
+    from threadpoolctl import threadpool_info
+
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    threads.matmul(D, F[0])
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
 
 
 def test_outputs_near_zero_are_recomputed_exactly():

@@ -107,6 +107,8 @@ def matmul(a, b, out=None):
     if out is None:
         res = np.empty(shape, np.result_type(a3.dtype, b3.dtype))
     else:
+        if not out.flags.c_contiguous or out.size != shape[0] * shape[1] * shape[2]:
+            raise ValueError(f"matmul: out must be C-contiguous with {shape[1]}x{shape[2]} elements per product")
         res = out.reshape(shape)
     # the limit is set once, here: OpenBLAS's thread count is one global setting
     with one_blas_thread():
