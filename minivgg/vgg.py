@@ -141,9 +141,20 @@ class Net:
             return one_blas_thread()
         return contextlib.nullcontext()
 
+    def _arena(self):
+        """On the CPU the forward's outputs come from an arena that hands the previous
+        pass's arrays back when nobody holds them any more (cpu/arena.py)."""
+        if self.device == "cpu":
+            if getattr(self, "_cpu_arena", None) is None:
+                from .cpu.arena import Arena
+
+                self._cpu_arena = Arena()
+            return self._cpu_arena.active()
+        return contextlib.nullcontext()
+
     def forward(self, x, layers):
         """Run ``x`` (N, 3, H, W) up to the deepest of ``layers``; return {name: output}."""
-        with self._one_blas_thread():
+        with self._one_blas_thread(), self._arena():
             return self._forward(x, layers)
 
     def _forward(self, x, layers):

@@ -255,3 +255,39 @@ def test_net_leaves_blas_threads_as_it_found_them():
 
     with one_blas_thread():
         assert not unchanged(before) or max(before.values()) == 1
+
+
+def test_forward_reuses_its_arrays_only_when_nobody_holds_them():
+    """cpu/arena.py: a pass takes back the previous pass's arrays, but never one a caller
+    still holds (directly or through a view), and the results do not depend on it."""
+    net = load_vgg("vgg16", weights=random_weights("vgg16", seed=0))
+    rng = np.random.default_rng(1)
+    x1 = rng.standard_normal((1, 3, 40, 40)).astype(np.float32)
+    x2 = rng.standard_normal((1, 3, 40, 40)).astype(np.float32)
+    layers = ["relu1_1", "relu3_1", "pool4"]
+
+    kept = net.forward(x1, layers)
+    snapshot = {l: kept[l].copy() for l in layers}
+    view = kept["relu3_1"][0, :5]
+    addresses = {l: kept[l].__array_interface__["data"][0] for l in layers}
+    second = net.forward(x2, layers)
+    for l in layers:  # held: not overwritten, and the new pass got other memory
+        np.testing.assert_array_equal(kept[l], snapshot[l])
+        assert second[l].__array_interface__["data"][0] != addresses[l]
+    np.testing.assert_array_equal(view, snapshot["relu3_1"][0, :5])
+
+    fresh = load_vgg("vgg16", weights=random_weights("vgg16", seed=0)).forward(x2, layers)
+    for l in layers:
+        np.testing.assert_array_equal(second[l], fresh[l])
+
+    # dropped: the next pass takes the same memory back, with the right values
+    addresses = {l: second[l].__array_interface__["data"][0] for l in layers}
+    del second
+    third = net.forward(x1, layers)
+    assert any(third[l].__array_interface__["data"][0] in addresses.values() for l in layers)
+    for l in layers:
+        np.testing.assert_array_equal(third[l], snapshot[l])
+    dx = net.backward({l: np.ones_like(third[l]) for l in layers})
+    dx_fresh = load_vgg("vgg16", weights=random_weights("vgg16", seed=0))
+    dx_fresh.forward(x1, layers)
+    np.testing.assert_array_equal(dx, dx_fresh.backward({l: np.ones_like(third[l]) for l in layers}))

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from . import fused, threads
+from . import arena, fused, threads
 from . import im2col as k
 from . import winograd
 
@@ -67,7 +67,7 @@ def conv2d_forward(x, W, b, stride, pad, state):
     Ho, Wo = _out_size(H, kh, stride, pad), _out_size(Wd, kw, stride, pad)
     W2 = W.reshape(Cout, -1)
     cols = np.empty((C * kh * kw, Ho * Wo), dtype=x.dtype)
-    y = np.empty((N, Cout, Ho * Wo), dtype=np.result_type(x.dtype, W.dtype))
+    y = arena.empty((N, Cout, Ho * Wo), np.result_type(x.dtype, W.dtype))
     for n in range(N):
         k.im2col(x[n], kh, kw, stride, pad, Ho, Wo, cols)
         threads.matmul(W2, cols, out=y[n])
@@ -141,7 +141,7 @@ def relu_conv2d_backward(dy, y, cache):
 
 
 def relu_forward(x):
-    y = np.empty_like(x)
+    y = arena.empty(x.shape, x.dtype)
     if x.dtype == np.float32 and x.flags.c_contiguous:
         fused.relu_forward(x, y)  # over minivgg's pool (cpu/threads.py: why not prange)
     else:
@@ -165,7 +165,7 @@ def _pool_shape(x_shape, ksize, s):
 
 def avg_pool2d_forward(x, ksize, s):
     N, C, Ho, Wo = _pool_shape(x.shape, ksize, s)
-    y = np.empty((N * C, Ho, Wo), dtype=x.dtype)
+    y = arena.empty((N * C, Ho, Wo), x.dtype)
     x3 = np.ascontiguousarray(x).reshape(N * C, *x.shape[2:])
     if ksize == 2 and s == 2 and x.dtype == np.float32:  # VGG's pooling: one pass of pair sums
         fused.avg_pool2x2_forward(x3, y)
@@ -187,8 +187,8 @@ def avg_pool2d_backward(dy, x_shape, ksize, s):
 
 def max_pool2d_forward(x, ksize, s):
     N, C, Ho, Wo = _pool_shape(x.shape, ksize, s)
-    y = np.empty((N * C, Ho, Wo), dtype=x.dtype)
-    arg = np.empty((N * C, Ho, Wo), dtype=np.uint8 if ksize * ksize <= 256 else np.int32)
+    y = arena.empty((N * C, Ho, Wo), x.dtype)
+    arg = arena.empty((N * C, Ho, Wo), np.uint8 if ksize * ksize <= 256 else np.int32)
     x3 = np.ascontiguousarray(x).reshape(N * C, *x.shape[2:])
     if ksize == 2 and s == 2 and x.dtype == np.float32:  # VGG's pooling, over minivgg's pool
         fused.max_pool2x2_forward(x3, y, arg)

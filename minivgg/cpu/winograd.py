@@ -295,6 +295,7 @@ def _output(M, b, relu, o0, o1, ti0, ti1, tw, y, backward, x, W):
 
 
 # ---------------------------------------------------------------- threads
+from . import arena  # noqa: E402
 from .threads import num_threads, one_blas_thread, pool as _pool, split as _split, wait as _wait  # noqa: E402,F401
 
 
@@ -396,7 +397,7 @@ def _conv(x, U, b, relu, mask, out, threads, backward, W=None):
     masks = [_NO_MASK if mask is None else mask[i] for i in range(n)]
     th = -(-H // 4)
     tw = -(-Wd // 4)
-    y = out if out is not None else np.empty((n, cout, H, Wd), np.float32)
+    y = out if out is not None else arena.empty((n, cout, H, Wd), np.float32)
     nthreads = threads or num_threads()
     rows = band_rows(th, tw, cin, cout)
     bands = [(i, r0, min(th, r0 + rows)) for i in range(n) for r0 in range(0, th, rows)]

@@ -1,0 +1,68 @@
+"""The forward pass's output arrays, reused from one pass to the next.
+
+An image optimization runs the same forward hundreds of times on arrays of the same
+shapes. Each pass allocating its activations afresh costs page faults and the kernel's
+zeroing of every new page (tens of ms an iteration at 256x256, more at 512), and the
+heap fragments. The net's arrays of a pass are dropped when the next pass starts (the
+layers' caches are cleared), so they can be handed out again instead.
+
+An array is handed out again only when nothing else refers to it: ``sys.getrefcount``
+sees just the arena's own reference. Features a caller still holds (or a view of them)
+are never overwritten; the arena forgets them and allocates anew. It keeps at most the
+arrays of the last pass: the same arrays the layers' caches keep between passes anyway,
+so it adds no memory.
+
+Only the CPU backend's forward allocates here, and only while a net's pass is active
+(:meth:`Arena.active`); everywhere else :func:`empty` is ``np.empty``.
+"""
+
+import contextlib
+import sys
+import threading
+
+import numpy as np
+
+_LOCAL = threading.local()
+
+
+class Arena:
+    """Arrays of the last pass, by (shape, dtype), for the next pass to take back."""
+
+    def __init__(self):
+        self._last = {}
+        self._now = {}
+
+    def empty(self, shape, dtype):
+        key = (tuple(int(s) for s in shape), np.dtype(dtype))
+        free = self._last.get(key)
+        a = None
+        while free:
+            cand = free.pop()
+            if sys.getrefcount(cand) == 2:  # this name and the call's argument: nobody else
+                a = cand
+                break
+        if a is None:
+            a = np.empty(key[0], key[1])
+        self._now.setdefault(key, []).append(a)
+        return a
+
+    @contextlib.contextmanager
+    def active(self):
+        """A pass: what the previous pass allocated becomes available, and allocations
+        in this thread come from here until the block ends."""
+        self._last, self._now = self._now, {}
+        prev = getattr(_LOCAL, "arena", None)
+        _LOCAL.arena = self
+        try:
+            yield self
+        finally:
+            _LOCAL.arena = prev
+            self._last = {}  # not taken back this pass: the caller or nobody holds them
+
+
+def empty(shape, dtype):
+    """``np.empty(shape, dtype)``, from the active arena when a pass is running."""
+    arena = getattr(_LOCAL, "arena", None)
+    if arena is None:
+        return np.empty(shape, dtype)
+    return arena.empty(shape, dtype)
