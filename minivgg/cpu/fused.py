@@ -42,8 +42,19 @@ def _avg_pool2x2_forward(p0, p1, x, out):
 
 
 @njit(nogil=True, cache=True)
+def _zero_uncovered(plane, Ho, Wo):
+    """Zero the trailing odd column and row of a plane that no 2x2 window covers."""
+    H, W = plane.shape
+    for i in range(2 * Ho):
+        for q in range(2 * Wo, W):
+            plane[i, q] = 0
+    for r in range(2 * Ho, H):
+        for q in range(W):
+            plane[r, q] = 0
+
+
+@njit(nogil=True, cache=True)
 def _avg_pool2x2_backward(p0, p1, dy, out):
-    H, W = out.shape[1], out.shape[2]
     Ho, Wo = dy.shape[1], dy.shape[2]
     for p in range(p0, p1):
         for i in range(Ho):
@@ -56,12 +67,7 @@ def _avg_pool2x2_backward(p0, p1, dy, out):
                 r0[2 * j + 1] = v
                 r1[2 * j] = v
                 r1[2 * j + 1] = v
-            for q in range(2 * Wo, W):
-                r0[q] = 0
-                r1[q] = 0
-        for r in range(2 * Ho, H):
-            for q in range(W):
-                out[p, r, q] = 0
+        _zero_uncovered(out[p], Ho, Wo)
 
 
 @njit(nogil=True, cache=True)
@@ -94,7 +100,6 @@ def _max_pool2x2_forward(p0, p1, x, out, arg):
 
 @njit(nogil=True, cache=True)
 def _max_pool2x2_backward(p0, p1, dy, arg, out):
-    H, W = out.shape[1], out.shape[2]
     Ho, Wo = dy.shape[1], dy.shape[2]
     for p in range(p0, p1):
         for i in range(Ho):
@@ -109,12 +114,7 @@ def _max_pool2x2_backward(p0, p1, dy, arg, out):
                 r0[2 * j + 1] = v if k == 1 else _0
                 r1[2 * j] = v if k == 2 else _0
                 r1[2 * j + 1] = v if k == 3 else _0
-            for q in range(2 * Wo, W):
-                r0[q] = 0
-                r1[q] = 0
-        for r in range(2 * Ho, H):
-            for q in range(W):
-                out[p, r, q] = 0
+        _zero_uncovered(out[p], Ho, Wo)
 
 
 @njit(nogil=True, fastmath=True, cache=True)
