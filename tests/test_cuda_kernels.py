@@ -4,7 +4,6 @@ header inlined) for other geometries and for double; the PTX has no shared memor
 and no atomics. With a GPU and CuPy: every op of the "gpu" backend equals the
 emulated one. Without them the tests are skipped, saying why."""
 
-import os
 import re
 import shutil
 import subprocess

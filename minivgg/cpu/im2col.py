@@ -8,7 +8,6 @@ split by rows, col2im by channels (a thread owns whole planes, so no two threads
 the same element).
 """
 
-import numpy as np
 from numba import njit, prange
 
 from .threads import parallel_range
