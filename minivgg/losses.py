@@ -67,7 +67,7 @@ def style_loss(F, A):
     D = G - A
     scale = 1.0 / (C * C * M * M)
     value = 0.25 * scale * float((D.astype("float64") ** 2).sum())
-    dF = _matmul(xp, D, Fm) * F.dtype.type(scale)
+    dF = _matmul(xp, D * D.dtype.type(scale), Fm)  # the scale on the small C x C factor
     return value, dF.reshape(F.shape)
 
 

@@ -122,12 +122,14 @@ class Objective:
             for name, P in self.content.items():
                 v, dF = self.L.content_loss(feats[name], P)
                 lc += v
-                _add(grads, name, dF * self.cw)
+                dF *= self.cw  # the losses' gradients are fresh arrays: scaled in place
+                _add(grads, name, dF)
             ls = 0.0
             for name, (A, w) in self.style.items():
                 v, dF = self.L.style_loss(feats[name], A)
                 ls += w * v
-                _add(grads, name, dF * (self.sw * w))
+                dF *= self.sw * w
+                _add(grads, name, dF)
             act = 0.0
             for name, channel, kind in self.activation:
                 v, dF = _activation(feats[name], channel, kind)
