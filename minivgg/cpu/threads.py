@@ -11,7 +11,10 @@ kernel of ours slowed that kernel down: ``Net.forward``/``backward`` therefore r
 inside one :func:`one_blas_thread` block, and every product on the way (im2col's, the
 style losses') goes through :func:`matmul` here (VGG-19 at 256x256: 0.34 -> 0.25 s an
 iteration). Nothing here changes a global setting for good: BLAS is limited to one
-thread only inside :func:`one_blas_thread` blocks, restored after.
+thread only inside :func:`one_blas_thread` blocks, restored after. OpenBLAS's thread
+count is one setting for the whole process, and threadpoolctl lets only one Python thread
+change it (the first to do so, while it lives); blocks opened in other threads change
+nothing, so a net driven from another thread runs correctly but with BLAS's own threads.
 
 ``MINIVGG_NUM_THREADS`` sets the pool size (default: the cores this process may use).
 """
