@@ -169,6 +169,7 @@ class Net:
         depth = max(self._index[l] for l in layers)
         for l in self.layers.values():
             l.clear()
+        self._released = False
         wanted, out, h = set(layers), {}, x
         fuse = hasattr(self.ops, "conv2d_relu_forward")
         i = 0
@@ -201,14 +202,28 @@ class Net:
         self._depth = depth
         return out
 
-    def backward(self, grads):
-        """Gradient wrt the last forward's input of ``sum_l <grads[l], F_l(x)>``."""
-        with self._one_blas_thread():
-            return self._backward(grads)
+    def backward(self, grads, keep=True):
+        """Gradient wrt the last forward's input of ``sum_l <grads[l], F_l(x)>``.
 
-    def _backward(self, grads):
+        keep=False drops each layer's forward cache as soon as its backward is done, which
+        lowers the peak memory of an iteration (the methods do this); another backward
+        then needs another forward first. By default the caches stay, so several
+        backward calls can follow one forward.
+        """
+        with self._one_blas_thread():
+            try:
+                return self._backward(grads, keep)
+            finally:
+                if not keep:
+                    self._released = True
+                    for l in self.layers.values():
+                        l.clear()
+
+    def _backward(self, grads, keep=True):
         if self._depth < 0:
             raise RuntimeError("backward called before forward")
+        if getattr(self, "_released", False):
+            raise RuntimeError("the last forward's caches were dropped by backward(keep=False); run forward again")
         names = self.check_layers(list(grads))
         if not names:
             raise MiniVGGError("backward needs at least one layer gradient")
@@ -229,6 +244,7 @@ class Net:
                 else:
                     g = g + gi
             below = self.layer_names[i - 1] if i > 0 else ""
+            top = i
             if fuse and name.startswith("relu") and below.startswith("conv") and below not in grads:
                 # ReLU's mask folded into the conv's backward (one pass, no masked copy of g)
                 relu, conv = self.layers[name], self.layers[below]
@@ -238,6 +254,9 @@ class Net:
                 g = self.layers[name].backward(g)
                 i -= 1
             ours = True
+            if not keep:  # these layers' caches are spent: let their arrays go now
+                for done in self.layer_names[i + 1 : top + 1]:
+                    self.layers[done].clear()
         return g
 
     # --- input convention -------------------------------------------------------

@@ -291,3 +291,39 @@ def test_forward_reuses_its_arrays_only_when_nobody_holds_them():
     dx_fresh = load_vgg("vgg16", weights=random_weights("vgg16", seed=0))
     dx_fresh.forward(x1, layers)
     np.testing.assert_array_equal(dx, dx_fresh.backward({l: np.ones_like(third[l]) for l in layers}))
+
+
+def test_backward_keep_false_frees_caches_as_it_goes():
+    """backward(keep=False): the same gradient, a lower peak (each layer's cache goes as
+    soon as its backward is done), and a clear error on a second backward."""
+    import gc
+    import tracemalloc
+
+    x = np.random.default_rng(2).standard_normal((1, 3, 96, 96)).astype(np.float32)
+
+    def run(keep):
+        net = load_vgg("vgg16", weights=random_weights("vgg16", seed=0))  # a fresh arena
+        net.forward(x, ["relu1_1"])  # compile and warm up outside the measurement
+        gc.collect()
+        tracemalloc.start()  # numpy reports its arrays to tracemalloc: the caches count
+        f = net.forward(x, ["relu1_1", "relu5_1"])
+        grads = {"relu1_1": np.ones_like(f["relu1_1"]), "relu5_1": np.ones_like(f["relu5_1"])}
+        del f
+        tracemalloc.reset_peak()
+        dx = net.backward(grads, keep=keep)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return net, dx, peak
+
+    net, dx_keep, peak_keep = run(True)
+    again = net.backward({"relu1_1": np.ones((1, 64, 96, 96), np.float32), "relu5_1": np.ones((1, 512, 6, 6), np.float32)})
+    np.testing.assert_array_equal(again, dx_keep)  # kept: a second backward works
+    net, dx_free, peak_free = run(False)
+    np.testing.assert_array_equal(dx_keep, dx_free)
+    with pytest.raises(RuntimeError, match="run forward again"):
+        net.backward({"relu5_1": np.ones((1, 512, 6, 6), np.float32)})
+    net.forward(x, ["relu5_1"])
+    net.backward({"relu5_1": np.ones((1, 512, 6, 6), np.float32)})  # fine after a forward
+    # the caches of conv2_1 and deeper (relu2_1 at 48x48 alone is 0.6 MB) are gone by the
+    # time backward works at full resolution
+    assert peak_free < peak_keep - 1_000_000, (peak_keep, peak_free)

@@ -6,11 +6,13 @@ zeroing of every new page (tens of ms an iteration at 256x256, more at 512), and
 heap fragments. The net's arrays of a pass are dropped when the next pass starts (the
 layers' caches are cleared), so they can be handed out again instead.
 
-An array is handed out again only when nothing else refers to it: ``sys.getrefcount``
-sees just the arena's own reference. Features a caller still holds (or a view of them)
-are never overwritten; the arena forgets them and allocates anew. It keeps at most the
-arrays of the last pass: the same arrays the layers' caches keep between passes anyway,
-so it adds no memory.
+Between passes the arena holds its arrays only weakly: what the layers' caches still
+keep when the next pass starts is taken back; what was let go earlier (``backward(
+keep=False)`` drops each cache as soon as it is spent, to lower the peak) is gone, and
+the arena adds no memory. An array is handed out again only when nothing else refers to
+it: ``sys.getrefcount`` sees just the arena's own reference. Features a caller still
+holds (or a view of them) are never overwritten; the arena forgets them and allocates
+anew.
 
 Only the CPU backend's forward allocates here, and only while a net's pass is active
 (:meth:`Arena.active`); everywhere else :func:`empty` is ``np.empty``.
@@ -19,6 +21,7 @@ Only the CPU backend's forward allocates here, and only while a net's pass is ac
 import contextlib
 import sys
 import threading
+import weakref
 
 import numpy as np
 
@@ -29,8 +32,8 @@ class Arena:
     """Arrays of the last pass, by (shape, dtype), for the next pass to take back."""
 
     def __init__(self):
-        self._last = {}
-        self._now = {}
+        self._last = {}  # key -> arrays of the last pass still alive at this pass's start
+        self._now = {}  # key -> weak references to this pass's arrays
 
     def empty(self, shape, dtype):
         key = (tuple(int(s) for s in shape), np.dtype(dtype))
@@ -43,14 +46,15 @@ class Arena:
                 break
         if a is None:
             a = np.empty(key[0], key[1])
-        self._now.setdefault(key, []).append(a)
+        self._now.setdefault(key, []).append(weakref.ref(a))
         return a
 
     @contextlib.contextmanager
     def active(self):
         """A pass: what the previous pass allocated becomes available, and allocations
         in this thread come from here until the block ends."""
-        self._last, self._now = self._now, {}
+        self._last = {k: [a for a in (r() for r in refs) if a is not None] for k, refs in self._now.items()}
+        self._now = {}
         prev = getattr(_LOCAL, "arena", None)
         _LOCAL.arena = self
         try:

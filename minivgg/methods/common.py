@@ -141,7 +141,8 @@ class Objective:
                 info["style"] = ls
             if self.activation:
                 info["activation"] = act
-            grad = self.net.backward(grads)
+            del feats  # the net's arrays can go as soon as backward is done with them
+            grad = self.net.backward(grads, keep=False)
             if shift is not None:
                 grad = xp.roll(grad, (-shift[0], -shift[1]), axis=(2, 3))
         else:
