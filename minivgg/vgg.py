@@ -95,6 +95,8 @@ class Net:
                 self.layers[name] = pool(2, 2, ops=self.ops)
         self._index = {n: i for i, n in enumerate(self.layer_names)}
         self._depth = -1  # index of the deepest layer the last forward computed
+        self._released = False  # backward(keep=False) dropped the last forward's caches
+        self._cpu_arena = None  # cpu/arena.py, made on the first CPU forward
 
     def _dev(self, a):
         return self.xp.asarray(np.ascontiguousarray(a, dtype=np.float32))
@@ -145,7 +147,7 @@ class Net:
         """On the CPU the forward's outputs come from an arena that hands the previous
         pass's arrays back when nobody holds them any more (cpu/arena.py)."""
         if self.device == "cpu":
-            if getattr(self, "_cpu_arena", None) is None:
+            if self._cpu_arena is None:
                 from .cpu.arena import Arena
 
                 self._cpu_arena = Arena()
@@ -222,7 +224,7 @@ class Net:
     def _backward(self, grads, keep=True):
         if self._depth < 0:
             raise RuntimeError("backward called before forward")
-        if getattr(self, "_released", False):
+        if self._released:
             raise RuntimeError("the last forward's caches were dropped by backward(keep=False); run forward again")
         names = self.check_layers(list(grads))
         if not names:

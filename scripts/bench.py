@@ -168,7 +168,7 @@ def bench_size_in_process(arch, size, repeats, warmup, device, with_torch):
             losses[name] = float(loss)
             if r >= warmup:
                 times[name].append(dt)
-    return {n: (statistics.median(ts), float("nan"), losses[n]) for n, ts in times.items()}
+    return {n: (statistics.median(ts), None, losses[n]) for n, ts in times.items()}
 
 
 def bench_size(arch, size, repeats, warmup, device, with_torch):
@@ -199,6 +199,10 @@ def bench_size(arch, size, repeats, warmup, device, with_torch):
         peaks[name] = c.recv()
         procs[name].join()
     return {n: (statistics.median(ts), peaks[n], losses[n]) for n, ts in times.items()}
+
+
+def _mb(peak):
+    return "-" if peak is None else f"{peak:.0f}"
 
 
 def main(argv=None):
@@ -234,11 +238,9 @@ def main(argv=None):
         m = res["minivgg"]
         if with_torch:
             t = res["torch"]
-            mp_, tp = ("-", "-") if args.in_process else (f"{m[1]:.0f}", f"{t[1]:.0f}")
-            print(f"{size:>5} | {m[0]:>14.3f} | {t[0]:>12.3f} | {m[0] / t[0]:>6.2f} | {mp_:>15} | {tp:>13} | {abs(m[2] - t[2]) / abs(t[2]):.1e}")
+            print(f"{size:>5} | {m[0]:>14.3f} | {t[0]:>12.3f} | {m[0] / t[0]:>6.2f} | {_mb(m[1]):>15} | {_mb(t[1]):>13} | {abs(m[2] - t[2]) / abs(t[2]):.1e}")
         else:
-            mp_ = "-" if args.in_process else f"{m[1]:.0f}"
-            print(f"{size:>5} | {m[0]:>14.3f} | {'-':>12} | {'-':>6} | {mp_:>15} | {'-':>13} |")
+            print(f"{size:>5} | {m[0]:>14.3f} | {'-':>12} | {'-':>6} | {_mb(m[1]):>15} | {'-':>13} |")
         sys.stdout.flush()
 
 

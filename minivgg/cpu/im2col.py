@@ -14,6 +14,15 @@ from .threads import parallel_range
 
 
 @njit(nogil=True, cache=True)
+def _inside(kj, stride, pad, W, Wo):
+    """[lo, hi): the output columns ow whose input column ow * stride - pad + kj lies
+    inside 0..W-1 (the rest read the zero padding)."""
+    lo = min(Wo, max(0, -((kj - pad) // stride)))
+    hi = min(Wo, max(lo, (W - 1 - kj + pad) // stride + 1))
+    return lo, hi
+
+
+@njit(nogil=True, cache=True)
 def _im2col_rows(r0, r1, x, kh, kw, stride, pad, Ho, Wo, out):
     """Rows r0..r1-1 of im2col's ``out`` (one row per (c, ki, kj))."""
     C, H, W = x.shape
@@ -21,9 +30,7 @@ def _im2col_rows(r0, r1, x, kh, kw, stride, pad, Ho, Wo, out):
         c = r // (kh * kw)
         ki = (r // kw) % kh
         kj = r % kw
-        # the output columns ow whose input column ow * stride - pad + kj lies inside
-        lo = min(Wo, max(0, -((kj - pad) // stride)))
-        hi = min(Wo, max(lo, (W - 1 - kj + pad) // stride + 1))
+        lo, hi = _inside(kj, stride, pad, W, Wo)
         for oh in range(Ho):
             i = oh * stride - pad + ki
             o = out[r, oh * Wo : (oh + 1) * Wo]
@@ -65,8 +72,7 @@ def _col2im_planes(c0, c1, cols, kh, kw, stride, pad, Ho, Wo, out):
         for ki in range(kh):
             for kj in range(kw):
                 r = (c * kh + ki) * kw + kj
-                lo = min(Wo, max(0, -((kj - pad) // stride)))
-                hi = min(Wo, max(lo, (W - 1 - kj + pad) // stride + 1))
+                lo, hi = _inside(kj, stride, pad, W, Wo)
                 for oh in range(Ho):
                     i = oh * stride - pad + ki
                     if i < 0 or i >= H:

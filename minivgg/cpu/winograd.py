@@ -39,6 +39,8 @@ import numpy as np
 from numba import njit
 from numpy.lib.stride_tricks import as_strided
 
+from . import arena
+
 # ---------------------------------------------------------------- the transform matrices
 # Interpolation points 0, 1, -1, 1/2, -2 and infinity: about 3x smaller float32 error than
 # the usual 0, +-1, +-2 (Barabasz et al. 2020; measured in docs/winograd.md).
@@ -278,8 +280,6 @@ def refine_pool_ties(x, W, b, y, threads=None):
         _wait([pool.submit(_refine_ties, x[i], W, b, y[i], tol, o0, o1) for o0, o1 in _split(y.shape[1], nthreads)])
 
 
-
-
 def _output(M, b, relu, o0, o1, ti0, ti1, tw, y, backward, x, W):
     """Output transform of channels o0..o1-1 in this thread, then the near-zero fix-up."""
     fout = _KERNELS[backward][1]
@@ -295,7 +295,6 @@ def _output(M, b, relu, o0, o1, ti0, ti1, tw, y, backward, x, W):
 
 
 # ---------------------------------------------------------------- threads
-from . import arena  # noqa: E402
 from .threads import num_threads, one_blas_thread, pool as _pool, split as _split, wait as _wait  # noqa: E402,F401
 
 
