@@ -12,6 +12,7 @@ Prints medians after warm-up, the ratio, and peak RSS.
     python scripts/bench.py --sizes 256 --repeats 5 --arch vgg16
     python scripts/bench.py --device gpu       # CuPy vs torch CUDA, when both are present
     python scripts/bench.py --in-process       # both in one process (peak memory not separable)
+    python scripts/bench.py --gemm             # minivgg's GEMM kernel vs numpy's BLAS, one thread
 """
 
 import argparse
@@ -205,6 +206,48 @@ def _mb(peak):
     return "-" if peak is None else f"{peak:.0f}"
 
 
+# (m, K, n) of the GEMMs one iteration does at 256x256: Winograd bands (Cout x Cin @ Cin x
+# tiles) and im2col layers (Cout x 9 Cin @ 9 Cin x pixels), plus the two transposed ones
+GEMM_SHAPES = [(64, 64, 1024), (128, 128, 1024), (256, 256, 512), (512, 256, 256), (512, 512, 256),
+               (512, 4608, 256), (256, 2304, 1024)]
+
+
+def bench_gemm(repeats):
+    """GFLOP/s of minivgg's GEMM kernel and of numpy's BLAS, one thread each, interleaved."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from minivgg.cpu import gemm
+
+    rng = np.random.default_rng(0)
+    print(f"GEMM, one thread, float32, median of {repeats}; numpy's BLAS: ", end="")
+    with threadpool_limits(1, "blas"):
+        info = [f"{d['internal_api']} {d.get('architecture')}" for d in threadpool_info() if d["user_api"] == "blas"]
+        print(", ".join(info) or "unknown")
+        print(f"{'m':>5} {'K':>5} {'n':>5} | {'A layout':>8} | {'minivgg GF/s':>12} | {'BLAS GF/s':>9} | ratio")
+        for m, K, n in GEMM_SHAPES:
+            B = rng.standard_normal((K, n), dtype=np.float32)
+            C = np.empty((m, n), np.float32)
+            for layout in ("rows", "T"):
+                A = rng.standard_normal((m, K), dtype=np.float32)
+                if layout == "T":
+                    A = np.ascontiguousarray(A.T).T
+                flops = 2 * m * n * K
+                inner = max(1, int(2e8 / flops))
+                ours, blas = [], []
+                gemm.gemm(A, B, C)
+                for _ in range(repeats):
+                    t = time.perf_counter()
+                    for _ in range(inner):
+                        gemm.gemm(A, B, C)
+                    ours.append((time.perf_counter() - t) / inner)
+                    t = time.perf_counter()
+                    for _ in range(inner):
+                        np.matmul(A, B, out=C)
+                    blas.append((time.perf_counter() - t) / inner)
+                o, b = flops / statistics.median(ours) / 1e9, flops / statistics.median(blas) / 1e9
+                print(f"{m:>5} {K:>5} {n:>5} | {layout:>8} | {o:>12.0f} | {b:>9.0f} | {o / b:.2f}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="256,512", help="comma-separated image sizes (square), default 256,512")
@@ -215,7 +258,12 @@ def main(argv=None):
     ap.add_argument("--no-torch", action="store_true", help="time minivgg alone")
     ap.add_argument("--in-process", action="store_true",
                     help="run both implementations in this one process (their threads share it; no peak memory)")
+    ap.add_argument("--gemm", action="store_true",
+                    help="instead: GFLOP/s of minivgg's GEMM kernel vs numpy's BLAS on the shapes of VGG's layers")
     args = ap.parse_args(argv)
+    if args.gemm:
+        bench_gemm(args.repeats)
+        return
     with_torch = not args.no_torch
     if with_torch:
         try:

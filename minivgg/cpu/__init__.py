@@ -1,1 +1,1 @@
-"""CPU kernels: numba loops for the data movement, numpy's BLAS for the GEMMs."""
+"""CPU kernels: numba loops for the data movement; the GEMMs in our own AVX-512 kernel (gemm.py) or numpy's BLAS."""

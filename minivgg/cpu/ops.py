@@ -5,7 +5,7 @@ twin); the math and its derivation live with the layers in ``minivgg/layers``.
 Convolution: 3x3 stride-1 pad-1 float32 layers with at least ``WINOGRAD_MIN_CHANNELS``
 channels on the side the GEMM sums over go through Winograd F(4x4, 3x3)
 (``minivgg/cpu/winograd.py``, docs/winograd.md); everything else, and every layer when
-``MINIVGG_CONV=im2col``, is im2col (numba, parallel) + one GEMM per image (numpy's BLAS).
+``MINIVGG_CONV=im2col``, is im2col (numba, parallel) + one GEMM per image (``gemm.py``).
 """
 
 import os

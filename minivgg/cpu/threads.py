@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .gemm import matmul as _gemm_matmul  # our AVX-512 kernel where it applies, else BLAS
+
 _POOL = None
 _POOL_PID = None
 _LOCK = threading.Lock()
@@ -93,7 +95,7 @@ def parallel_range(fn, n, *args, threads=None, min_per_thread=1):
 
 def _matmul_rows(r0, r1, a, b, out):
     for i in range(out.shape[0]):
-        np.matmul(a[i, r0:r1], b[i], out=out[i, r0:r1])
+        _gemm_matmul(a[i, r0:r1], b[i], out[i, r0:r1])
 
 
 def matmul(a, b, out=None):

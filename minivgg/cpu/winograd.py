@@ -20,7 +20,8 @@ Summed over input channels, the 36 element-wise products become 36 independent G
     U[xi][o, c] = (G W[o, c] G^T)[xi],   V[xi][c, t] = (B^T d_{c,t} B)[xi],
 
 so a layer does 36 * T * Cin * Cout multiply-adds instead of 9 * 16 * T * Cin * Cout: a
-quarter. The input and output transforms are numba kernels; the GEMMs go to numpy's BLAS.
+quarter. The input and output transforms are numba kernels; the GEMMs go to our own
+register-blocked kernel (`gemm.py`, AVX-512) or, on processors without AVX-512, numpy's BLAS.
 
 Backward to the input. For y = conv(x, W) with 3x3 kernels, stride 1, pad 1,
 dx = conv(dy, W'), W'[c, o] = W[o, c] flipped in both spatial axes (a full correlation with
@@ -39,7 +40,7 @@ import numpy as np
 from numba import njit
 from numpy.lib.stride_tricks import as_strided
 
-from . import arena
+from . import arena, gemm
 
 # ---------------------------------------------------------------- the transform matrices
 # Interpolation points 0, 1, -1, 1/2, -2 and infinity: about 3x smaller float32 error than
@@ -346,7 +347,7 @@ def _band(x, mask, U, b, relu, y, ti0, ti1, tw, backward, W):
     T = (ti1 - ti0) * tw
     V, M, Vg, Mg = _buffers(_workspace().get(_buffer_size(cin, cout, T)), cin, cout, T)
     fin(x, mask, 0, cin, ti0, ti1, tw, V)
-    np.matmul(U, Vg, out=Mg)
+    gemm.matmul(U, Vg, Mg)
     _output(M, b, relu, 0, cout, ti0, ti1, tw, y, backward, x, W)
 
 
@@ -356,7 +357,7 @@ def _whole(x, mask, U, b, relu, y, th, tw, nthreads, bufs, backward, W):
     V, M, Vg, Mg = bufs
     pool = _pool()
     _wait([pool.submit(fin, x, mask, c0, c1, 0, th, tw, V) for c0, c1 in _split(x.shape[0], nthreads)])
-    _wait([pool.submit(np.matmul, U[k0:k1], Vg[k0:k1], out=Mg[k0:k1]) for k0, k1 in _split(36, nthreads)])
+    _wait([pool.submit(gemm.matmul, U[k0:k1], Vg[k0:k1], Mg[k0:k1]) for k0, k1 in _split(36, nthreads)])
     _wait(
         [
             pool.submit(_output, M, b, relu, o0, o1, 0, th, tw, y, backward, x, W)
