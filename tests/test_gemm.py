@@ -126,3 +126,30 @@ def test_gemm_rejects_what_it_cannot_do_and_matmul_falls_back():
 def test_blas_switch(monkeypatch):
     monkeypatch.setenv("MINIVGG_GEMM", "blas")
     assert not G.available()
+
+
+@pytest.mark.parametrize("C, K", [(1, 1), (3, 17), (7, 33), (13, 100), (25, 1030), (64, 4100)])
+def test_gram_matches_float64_and_is_symmetric(C, K):
+    from minivgg.cpu.threads import gram
+
+    rng = np.random.default_rng(C * 7 + K)
+    # two images, rows 8 floats apart from the next row's start beyond K: a strided view
+    F = (np.abs(rng.standard_normal((2, C, K + 8))) + 0.01).astype(np.float32)[:, :, :K]
+    G = gram(F)
+    ref = F.astype(np.float64) @ F.transpose(0, 2, 1).astype(np.float64)
+    assert G.shape == (2, C, C) and G.dtype == np.float32
+    assert (G == G.transpose(0, 2, 1)).all()
+    assert _err(G, ref) < 4e-7
+    assert _err(G, ref) <= 2 * _err(np.matmul(F, F.transpose(0, 2, 1)), ref) + 1e-7
+
+
+def test_gram_kernel_block_tails():
+    """Every row-block / column-block remainder of the 4 x 6 kernel, one thread and K a
+    multiple of 16 plus a masked tail, against the float64 product."""
+    rng = np.random.default_rng(5)
+    for C in range(1, 15):
+        F = rng.standard_normal((C, 37), dtype=np.float32)
+        out = np.full((C, C), np.nan, np.float32)
+        G._gram_blocks(F, out, 0, 1)
+        G._mirror(out)
+        assert _err(out, F.astype(np.float64) @ F.T) < 4e-7, C

@@ -71,99 +71,161 @@ def available():
     return _AVAILABLE
 
 
-# ---------------------------------------------------------------- the micro-kernel (LLVM IR)
+# ---------------------------------------------------------------- the micro-kernels (LLVM IR)
+class _IR:
+    """The pieces both kernels emit: vector types, fma, (masked) vector loads and stores."""
+
+    def __init__(self, context, builder, signature, args, tail):
+        self.b = builder
+        self.context, self.signature, self.args = context, signature, args
+        self.i32, self.i64 = ir.IntType(32), ir.IntType(64)
+        self.vec = ir.VectorType(ir.FloatType(), LANES)
+        vec, i32, b = self.vec, self.i32, builder
+        mvec = ir.VectorType(ir.IntType(1), LANES)
+        mod = b.module
+        self.fma = cgutils.get_or_insert_function(mod, ir.FunctionType(vec, [vec, vec, vec]), "llvm.fma.v16f32")
+        self.mload = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(vec, [vec.as_pointer(), i32, mvec, vec]), "llvm.masked.load.v16f32.p0"
+        )
+        self.mstore = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32, mvec]), "llvm.masked.store.v16f32.p0"
+        )
+        self.zero = ir.Constant(vec, [0.0] * LANES)
+        lane = ir.Constant(ir.VectorType(self.i64, LANES), list(range(LANES)))
+        self.mask = b.icmp_unsigned("<", lane, self.splat(self.int(tail), ir.VectorType(self.i64, LANES)))
+
+    def int(self, v):
+        """v as an i64 (numba's ints may be narrower)."""
+        return self.b.sext(v, self.i64) if v.type.width < 64 else v
+
+    def const(self, n):
+        return ir.Constant(self.i64, n)
+
+    def splat(self, x, vt=None):
+        vt = vt or self.vec
+        b = self.b
+        v = b.insert_element(ir.Constant(vt, ir.Undefined), x, ir.Constant(self.i32, 0))
+        return b.shuffle_vector(v, ir.Constant(vt, ir.Undefined), ir.Constant(ir.VectorType(self.i32, LANES), [0] * LANES))
+
+    def pointer(self, i, off):
+        """Address of element ``off`` of array argument i."""
+        data = cgutils.create_struct_proxy(self.signature.args[i])(self.context, self.b, value=self.args[i]).data
+        return self.b.gep(data, [self.int(off)])
+
+    def at(self, base, off):
+        return self.b.gep(base, [off if not isinstance(off, int) else self.const(off)])
+
+    def load(self, base, off, masked=False):
+        p = self.b.bitcast(self.at(base, off), self.vec.as_pointer())
+        if masked:
+            return self.b.call(self.mload, [p, ir.Constant(self.i32, 4), self.mask, self.zero])
+        return self.b.load(p, align=4)
+
+    def store(self, v, base, off, masked=False):
+        p = self.b.bitcast(self.at(base, off), self.vec.as_pointer())
+        if masked:
+            self.b.call(self.mstore, [v, p, ir.Constant(self.i32, 4), self.mask])
+        else:
+            self.b.store(v, p, align=4)
+
+
+def _literals(*xs):
+    return all(isinstance(x, types.IntegerLiteral) for x in xs)
+
+
 @intrinsic
 def _micro(typingctx, mr, nv, A, ao, sai, sak, B, bo, ldb, C, co, ldc, K, tail, accumulate):
     """C[co + i*ldc + j] (+)= sum_k A[ao + i*sai + k*sak] * B[bo + k*ldb + j] for i < mr and
     j < 16*nv, the last vector's columns limited to the first ``tail`` (1..16) of its 16."""
-    if not isinstance(mr, types.IntegerLiteral) or not isinstance(nv, types.IntegerLiteral):
+    if not _literals(mr, nv):
         return None
     MRv, NVv = mr.literal_value, nv.literal_value
     sig = types.void(mr, nv, A, ao, sai, sak, B, bo, ldb, C, co, ldc, K, tail, accumulate)
 
     def codegen(context, builder, signature, args):
-        _, _, A_, ao_, sai_, sak_, B_, bo_, ldb_, C_, co_, ldc_, K_, tail_, acc_ = args
-        f32 = ir.FloatType()
-        i32 = ir.IntType(32)
-        i64 = ir.IntType(64)
-        vec = ir.VectorType(f32, LANES)
-        mvec = ir.VectorType(ir.IntType(1), LANES)
-
-        def data(i, v):
-            return cgutils.create_struct_proxy(signature.args[i])(context, builder, value=v).data
-
-        def i64v(v):
-            return builder.sext(v, i64) if v.type.width < 64 else v
-
-        ao_, sai_, sak_, bo_, ldb_, co_, ldc_, K_, tail_ = map(i64v, (ao_, sai_, sak_, bo_, ldb_, co_, ldc_, K_, tail_))
-        ap = builder.gep(data(2, A_), [ao_])
-        bp = builder.gep(data(6, B_), [bo_])
-        cp = builder.gep(data(9, C_), [co_])
-        mod = builder.module
-        fma = cgutils.get_or_insert_function(mod, ir.FunctionType(vec, [vec, vec, vec]), "llvm.fma.v16f32")
-        mload = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(vec, [vec.as_pointer(), i32, mvec, vec]), "llvm.masked.load.v16f32.p0"
-        )
-        mstore = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(ir.VoidType(), [vec, vec.as_pointer(), i32, mvec]), "llvm.masked.store.v16f32.p0"
-        )
-        lane = ir.Constant(ir.VectorType(i64, LANES), list(range(LANES)))
-        tails = builder.insert_element(ir.Constant(ir.VectorType(i64, LANES), ir.Undefined), tail_, ir.Constant(i32, 0))
-        tails = builder.shuffle_vector(tails, tails, ir.Constant(ir.VectorType(i32, LANES), [0] * LANES))
-        mask = builder.icmp_unsigned("<", lane, tails)
-        zero = ir.Constant(vec, [0.0] * LANES)
-        undef = ir.Constant(vec, ir.Undefined)
-        splat0 = ir.Constant(ir.VectorType(i32, LANES), [0] * LANES)
-
-        def vptr(base, off):
-            return builder.bitcast(builder.gep(base, [off]), vec.as_pointer())
-
-        def load(base, off, last):
-            p = vptr(base, off)
-            if last:
-                return builder.call(mload, [p, ir.Constant(i32, 4), mask, zero])
-            return builder.load(p, align=4)
-
-        def store(v, base, off, last):
-            p = vptr(base, off)
-            if last:
-                builder.call(mstore, [v, p, ir.Constant(i32, 4), mask])
-            else:
-                builder.store(v, p, align=4)
-
-        crow = [builder.gep(cp, [builder.mul(ir.Constant(i64, i), ldc_)]) for i in range(MRv)]
-        arow = [builder.gep(ap, [builder.mul(ir.Constant(i64, i), sai_)]) for i in range(MRv)]
+        _, _, _, _, sai_, sak_, _, _, ldb_, _, _, ldc_, K_, tail_, acc_ = args
+        e = _IR(context, builder, signature, args, tail_)
+        sai_, sak_, ldb_, ldc_, K_ = map(e.int, (sai_, sak_, ldb_, ldc_, K_))
+        ap, bp, cp = e.pointer(2, args[3]), e.pointer(6, args[7]), e.pointer(9, args[10])
+        crow = [e.at(cp, builder.mul(e.const(i), ldc_)) for i in range(MRv)]
+        arow = [e.at(ap, builder.mul(e.const(i), sai_)) for i in range(MRv)]
         overwrite = builder.icmp_unsigned("==", acc_, ir.Constant(acc_.type, 0))
-        accs = [[cgutils.alloca_once(builder, vec) for v in range(NVv)] for i in range(MRv)]
-        kb = ir.Constant(i64, KB)
-        nchunks = builder.udiv(builder.add(K_, ir.Constant(i64, KB - 1)), kb)
+        accs = [[cgutils.alloca_once(builder, e.vec) for v in range(NVv)] for i in range(MRv)]
+        kb = e.const(KB)
+        nchunks = builder.udiv(builder.add(K_, e.const(KB - 1)), kb)
         with cgutils.for_range(builder, nchunks) as chunk:
             k0 = builder.mul(chunk.index, kb)
             klen = builder.sub(K_, k0)
             klen = builder.select(builder.icmp_unsigned("<", klen, kb), klen, kb)
             for i in range(MRv):
                 for v in range(NVv):
-                    builder.store(zero, accs[i][v])
+                    builder.store(e.zero, accs[i][v])
             with cgutils.for_range(builder, klen) as loop:
                 k = builder.add(k0, loop.index)
-                bk = builder.gep(bp, [builder.mul(k, ldb_)])
-                bs = [load(bk, ir.Constant(i64, LANES * v), v == NVv - 1) for v in range(NVv)]
+                bk = e.at(bp, builder.mul(k, ldb_))
+                bs = [e.load(bk, LANES * v, v == NVv - 1) for v in range(NVv)]
                 ka = builder.mul(k, sak_)
                 for i in range(MRv):
-                    a = builder.load(builder.gep(arow[i], [ka]))
-                    av = builder.shuffle_vector(builder.insert_element(undef, a, ir.Constant(i32, 0)), undef, splat0)
+                    av = e.splat(builder.load(e.at(arow[i], ka)))
                     for v in range(NVv):
-                        builder.store(builder.call(fma, [av, bs[v], builder.load(accs[i][v])]), accs[i][v])
+                        builder.store(builder.call(e.fma, [av, bs[v], builder.load(accs[i][v])]), accs[i][v])
             # C is the second-level accumulator: the first chunk of a call that does not
             # accumulate overwrites it, every other chunk adds its partial sums
-            first = builder.and_(overwrite, builder.icmp_unsigned("==", chunk.index, ir.Constant(i64, 0)))
+            first = builder.and_(overwrite, builder.icmp_unsigned("==", chunk.index, e.const(0)))
             for i in range(MRv):
                 for v in range(NVv):
                     last = v == NVv - 1
-                    off = ir.Constant(i64, LANES * v)
                     part = builder.load(accs[i][v])
-                    total = builder.fadd(load(crow[i], off, last), part)
-                    store(builder.select(first, part, total), crow[i], off, last)
+                    total = builder.fadd(e.load(crow[i], LANES * v, last), part)
+                    e.store(builder.select(first, part, total), crow[i], LANES * v, last)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _micro_nt(typingctx, mr, nr, A, ao, lda, B, bo, ldb, C, co, ldc, K, accumulate):
+    """C[co + i*ldc + j] (+)= sum_{k<K} A[ao + i*lda + k] * B[bo + j*ldb + k], i < mr, j < nr:
+    dot products of rows (the Gram matrix F F^T). Each of the mr x nr outputs has a vector
+    of 16 partial sums over k (k = 16q + lane), summed across its lanes at the end."""
+    if not _literals(mr, nr):
+        return None
+    MRv, NRv = mr.literal_value, nr.literal_value
+    sig = types.void(mr, nr, A, ao, lda, B, bo, ldb, C, co, ldc, K, accumulate)
+
+    def codegen(context, builder, signature, args):
+        _, _, _, _, lda_, _, _, ldb_, _, _, ldc_, K_, acc_ = args
+        K_ = builder.sext(K_, ir.IntType(64)) if K_.type.width < 64 else K_
+        tail = builder.urem(K_, ir.Constant(K_.type, LANES))
+        e = _IR(context, builder, signature, args, tail)
+        lda_, ldb_, ldc_ = map(e.int, (lda_, ldb_, ldc_))
+        ap, bp, cp = e.pointer(2, args[3]), e.pointer(5, args[6]), e.pointer(8, args[9])
+        arow = [e.at(ap, builder.mul(e.const(i), lda_)) for i in range(MRv)]
+        brow = [e.at(bp, builder.mul(e.const(j), ldb_)) for j in range(NRv)]
+        accs = [[cgutils.alloca_once_value(builder, e.zero) for j in range(NRv)] for i in range(MRv)]
+
+        def step(k, masked):
+            avs = [e.load(arow[i], k, masked) for i in range(MRv)]
+            for j in range(NRv):
+                bv = e.load(brow[j], k, masked)
+                for i in range(MRv):
+                    builder.store(builder.call(e.fma, [avs[i], bv, builder.load(accs[i][j])]), accs[i][j])
+
+        nfull = builder.udiv(K_, e.const(LANES))
+        with cgutils.for_range(builder, nfull) as loop:
+            step(builder.mul(loop.index, e.const(LANES)), False)
+        with builder.if_then(builder.icmp_unsigned("!=", tail, e.const(0))):
+            step(builder.mul(nfull, e.const(LANES)), True)
+        reduce = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.FloatType(), [ir.FloatType(), e.vec]), "llvm.vector.reduce.fadd.v16f32"
+        )
+        add = builder.icmp_unsigned("!=", acc_, ir.Constant(acc_.type, 0))
+        for i in range(MRv):
+            crow = e.at(cp, builder.mul(e.const(i), ldc_))
+            for j in range(NRv):
+                c = e.at(crow, j)
+                start = builder.select(add, builder.load(c), ir.Constant(ir.FloatType(), 0.0))
+                builder.store(builder.call(reduce, [start, builder.load(accs[i][j])], fastmath=("reassoc",)), c)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -229,6 +291,75 @@ def _gemm3(a, b, c, accumulate):
     scb, ldc = c.strides[0] // 4, c.strides[1] // 4
     for p in range(nb):
         _gemm_flat(a, p * sab, sai, sak, b, p * sbb, ldb, c, p * scb, ldc, m, b.shape[2], K, accumulate)
+
+
+# Gram matrices: 4 x 6 blocks of dot products (24 zmm accumulators, 4 + 1 for the
+# operands), upper triangle only, the lower mirrored. K goes in chunks of about 1 MiB of F
+# (C x kc floats in L2), each chunk's lane sums added into G.
+MRG, NRG = 4, 6
+GRAM_CHUNK_FLOATS = 1 << 18
+
+
+@njit(nogil=True, cache=True)
+def _nt_row(mr, F, ao, ldf, G, co, ldg, j0, n, kc, acc):
+    """Rows of G (mr a compile-time 4, 2 or 1, at F offset ao) times F's rows j0..n-1."""
+    j = j0
+    while j + NRG <= n:
+        _micro_nt(mr, 6, F, ao, ldf, F, j * ldf + (ao % ldf), ldf, G, co + j, ldg, kc, acc)
+        j += NRG
+    r = n - j
+    if r >= 3:
+        _micro_nt(mr, 3, F, ao, ldf, F, j * ldf + (ao % ldf), ldf, G, co + j, ldg, kc, acc)
+        j += 3
+        r -= 3
+    if r >= 2:
+        _micro_nt(mr, 2, F, ao, ldf, F, j * ldf + (ao % ldf), ldf, G, co + j, ldg, kc, acc)
+        j += 2
+        r -= 2
+    if r >= 1:
+        _micro_nt(mr, 1, F, ao, ldf, F, j * ldf + (ao % ldf), ldf, G, co + j, ldg, kc, acc)
+
+
+@njit(nogil=True, cache=True)
+def _gram_blocks(F, G, b0, bstep):
+    """G[i, j] = F[i] . F[j] for j >= the first row of i's block, over the row blocks
+    b0, b0 + bstep, ... (blocks of MRG rows): one thread's interleaved share."""
+    C, K = F.shape
+    ldf = F.strides[0] // 4
+    ldg = G.strides[0] // 4
+    kc = max(512, min(4096, (GRAM_CHUNK_FLOATS // C) // 16 * 16))
+    nblocks = (C + MRG - 1) // MRG
+    for k0 in range(0, K, kc):
+        klen = min(kc, K - k0)
+        acc = k0 > 0
+        for ib in range(b0, nblocks, bstep):
+            i = ib * MRG
+            # rows i..i+3 in 4-, 2- and 1-row pieces; each starts its columns at i
+            while i < min(C, (ib + 1) * MRG):
+                r = min(C, (ib + 1) * MRG) - i
+                if r >= 4:
+                    _nt_row(4, F, i * ldf + k0, ldf, G, i * ldg, ldg, ib * MRG, C, klen, acc)
+                    i += 4
+                elif r >= 2:
+                    _nt_row(2, F, i * ldf + k0, ldf, G, i * ldg, ldg, ib * MRG, C, klen, acc)
+                    i += 2
+                else:
+                    _nt_row(1, F, i * ldf + k0, ldf, G, i * ldg, ldg, ib * MRG, C, klen, acc)
+                    i += 1
+
+
+@njit(nogil=True, cache=True)
+def _mirror(G):
+    """G[i, j] = G[j, i] below the row blocks' diagonal blocks (copied, so G is exactly symmetric)."""
+    C = G.shape[0]
+    for i in range(C):
+        for j in range(i):
+            G[i, j] = G[j, i]
+
+
+def gram_usable(F):
+    """Whether ``gram`` can run on F (float32, unit stride along each row)."""
+    return F.dtype == np.float32 and (F.shape[-1] <= 1 or F.strides[-1] == 4) and all(s % 4 == 0 for s in F.strides)
 
 
 def usable(a, b, out):

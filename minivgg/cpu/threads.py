@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import gemm as _gemm
 from .gemm import matmul as _gemm_matmul  # our AVX-512 kernel where it applies, else BLAS
 
 _POOL = None
@@ -121,3 +122,24 @@ def matmul(a, b, out=None):
     if out is not None:
         return out
     return res[0] if squeeze else res
+
+
+def _gram_share(t, nthreads, F, G):
+    for i in range(F.shape[0]):
+        _gemm._gram_blocks(F[i], G[i], t, nthreads)
+
+
+def gram(F):
+    """G[i] = F[i] F[i]^T for float32 (B, C, K): gemm.py's Gram kernel (upper triangle, the
+    row blocks dealt to the threads in turn so each gets a like share), else ``matmul``."""
+    if not (_gemm.available() and _gemm.gram_usable(F)):
+        return matmul(F, F.transpose(0, 2, 1))
+    G = np.empty((F.shape[0], F.shape[1], F.shape[1]), np.float32)
+    t = max(1, min(num_threads(), -(-F.shape[1] // _gemm.MRG)))
+    if t == 1:
+        _gram_share(0, 1, F, G)
+    else:
+        wait([pool().submit(_gram_share, k, t, F, G) for k in range(t)])
+    for i in range(G.shape[0]):
+        _gemm._mirror(G[i])
+    return G
