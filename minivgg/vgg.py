@@ -148,8 +148,9 @@ class Net:
         pass's arrays back when nobody holds them any more (cpu/arena.py)."""
         if self.device == "cpu":
             if self._cpu_arena is None:
-                from .cpu.arena import Arena
+                from .cpu.arena import Arena, keep_freed_memory
 
+                keep_freed_memory()
                 self._cpu_arena = Arena()
             return self._cpu_arena.active()
         return contextlib.nullcontext()

@@ -153,3 +153,4 @@ def test_gram_kernel_block_tails():
         G._gram_blocks(F, out, 0, 1)
         G._mirror(out)
         assert _err(out, F.astype(np.float64) @ F.T) < 4e-7, C
+
