@@ -63,21 +63,28 @@ def _input_transform_{alg}(x, mask, c0, c1, ti0, ti1, tw, V):
     inner = row[1 : Wd + 1]
     row4 = row.reshape(n4, 4)  # row4[j, ph] = row[4j + ph]
     T = (ti1 - ti0) * tw
+    # the band's rows 4 ti0 - 1 .. 4 ti1 + 4 of one channel, masked in one pass when masked
+    rlo = max(0, 4 * ti0 - 1)
+    rhi = min(H, 4 * ti1 + 1)
+    buf = np.empty((max(1, rhi - rlo), Wd), np.float32)
     for c in range(c0, c1):
+        src = x[c]
+        if masked:
+            for r in range(rlo, rhi):
+                xr = x[c, r]
+                mr = mask[c, r]
+                br = buf[r - rlo]
+                for q in range(Wd):
+                    br[q] = xr[q] if mr[q] > _0 else _0
         for ti in range(ti0, ti1):
             r0 = 4 * ti - 1
             for m in range(6):
                 r = r0 + m
                 Pm = P[m]
                 if r >= 0 and r < H:
-                    xr = x[c, r]
-                    if masked:
-                        mr = mask[c, r]
-                        for q in range(Wd):
-                            inner[q] = xr[q] if mr[q] > _0 else _0
-                    else:
-                        for q in range(Wd):
-                            inner[q] = xr[q]
+                    xr = buf[r - rlo] if masked else src[r]
+                    for q in range(Wd):
+                        inner[q] = xr[q]
                     for j in range(n4):
                         Pm[0, j] = row4[j, 0]
                         Pm[1, j] = row4[j, 1]
