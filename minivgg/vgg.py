@@ -238,20 +238,24 @@ class Net:
         i = deepest
         while i >= 0:
             name = self.layer_names[i]
+            below = self.layer_names[i - 1] if i > 0 else ""
+            fused = fuse and name.startswith("relu") and below.startswith("conv") and below not in grads
+            extra = None  # a loss gradient on this ReLU's output, added inside the fused op
             if name in grads:
                 gi = self.xp.asarray(grads[name])
                 if g is None:
                     g = gi
+                elif fused and g.shape == gi.shape and g.dtype == gi.dtype:
+                    extra = gi
                 elif ours and g.shape == gi.shape and g.dtype == np.result_type(g.dtype, gi.dtype):
                     g += gi
                 else:
                     g = g + gi
-            below = self.layer_names[i - 1] if i > 0 else ""
             top = i
-            if fuse and name.startswith("relu") and below.startswith("conv") and below not in grads:
+            if fused:
                 # ReLU's mask folded into the conv's backward (one pass, no masked copy of g)
                 relu, conv = self.layers[name], self.layers[below]
-                g = self.ops.relu_conv2d_backward(g, relu._need_cache(), conv._need_cache())
+                g = self.ops.relu_conv2d_backward(g, relu._need_cache(), conv._need_cache(), extra)
                 i -= 2
             else:
                 g = self.layers[name].backward(g)

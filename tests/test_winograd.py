@@ -113,6 +113,12 @@ def test_backward_with_fused_relu_mask():
     W = he_weights(rng, 5, 4)
     dx = winograd.conv3x3_backward_input(dy, winograd.transform_weights(W), mask=y)
     assert rel(dx, direct_conv_backward_input(dy * (y > 0), W)) < 2e-6
+    # a second gradient on y, added in the same pass
+    e = rng.standard_normal(dy.shape).astype(np.float32)
+    dx = winograd.conv3x3_backward_input(dy, winograd.transform_weights(W), mask=y, extra=e)
+    assert rel(dx, direct_conv_backward_input((dy + e) * (y > 0), W)) < 2e-6
+    with pytest.raises(ValueError, match="extra"):
+        winograd.conv3x3_backward_input(dy, winograd.transform_weights(W), extra=e)
 
 
 def test_float64_transform_is_exact_to_rounding():
@@ -250,6 +256,11 @@ def test_fused_conv_relu_ops_match_the_separate_ops(monkeypatch):
         np.testing.assert_allclose(dx, dx0, rtol=0, atol=1e-6 * np.abs(dx0).max())
         ref = direct_conv_backward_input(dy * (direct_conv(x, W, b) > 0), W)
         assert rel(dx, ref) < 5e-6
+        # with a second gradient on y (a loss on the ReLU's output) summed in the same pass
+        e = rng.standard_normal(dy.shape).astype(np.float32)
+        dxe = ops.relu_conv2d_backward(dy, y0, cache, e)
+        dxe0 = ops.conv2d_backward(ops.relu_backward(dy + e, y0), cache0, False)[0]
+        np.testing.assert_allclose(dxe, dxe0, rtol=0, atol=1e-6 * np.abs(dxe0).max())
 
 
 def test_relu_kernels_over_the_pool():
@@ -265,6 +276,9 @@ def test_relu_kernels_over_the_pool():
         dx = np.empty_like(dy)
         fused.relu_backward(dy, y, dx)
         np.testing.assert_array_equal(dx, np.where(y > 0, dy, 0))
+        e = rng.standard_normal(n).astype(np.float32)
+        fused.relu_backward(dy, y, dx, e)
+        np.testing.assert_array_equal(dx, np.where(y > 0, dy + e, 0))
 
 
 def test_threads_matmul():

@@ -135,6 +135,16 @@ def _relu_backward(i0, i1, dy, y, out):
         o[i] = d[i] if yy[i] > _0 else _0
 
 
+@njit(nogil=True, fastmath=True, cache=True)
+def _relu_add_backward(i0, i1, dy, extra, y, out):
+    d = dy[i0:i1]
+    e = extra[i0:i1]
+    yy = y[i0:i1]
+    o = out[i0:i1]
+    for i in range(i1 - i0):
+        o[i] = d[i] + e[i] if yy[i] > _0 else _0
+
+
 def avg_pool2x2_forward(x, out):
     """x (P, H, W) float32 -> out (P, H // 2, W // 2)."""
     parallel_range(_avg_pool2x2_forward, x.shape[0], x, out, min_per_thread=max(1, _CHUNK // x[0].size))
@@ -160,6 +170,10 @@ def relu_forward(x, out):
     parallel_range(_relu_forward, x.size, x.reshape(-1), out.reshape(-1), min_per_thread=_CHUNK)
 
 
-def relu_backward(dy, y, out):
-    """out = dy * (y > 0); float32, same shapes, C-contiguous."""
-    parallel_range(_relu_backward, dy.size, dy.reshape(-1), y.reshape(-1), out.reshape(-1), min_per_thread=_CHUNK)
+def relu_backward(dy, y, out, extra=None):
+    """out = dy * (y > 0), or (dy + extra) * (y > 0); float32, same shapes, C-contiguous."""
+    if extra is None:
+        parallel_range(_relu_backward, dy.size, dy.reshape(-1), y.reshape(-1), out.reshape(-1), min_per_thread=_CHUNK)
+    else:
+        parallel_range(_relu_add_backward, dy.size, dy.reshape(-1), extra.reshape(-1), y.reshape(-1), out.reshape(-1),
+                       min_per_thread=_CHUNK)

@@ -130,14 +130,17 @@ def conv2d_relu_forward(x, W, b, stride, pad, state, pool_ties=False):
     return y, (x, W, stride, pad, state)
 
 
-def relu_conv2d_backward(dy, y, cache):
-    """dx of x -> conv2d -> relu -> y given dy = dL/dy: ReLU's mask (y > 0) folded into the
-    Winograd input transform where it applies. Input gradient only."""
+def relu_conv2d_backward(dy, y, cache, extra=None):
+    """dx of x -> conv2d -> relu -> y given dy = dL/dy (plus ``extra``, a second gradient
+    reaching y, when given): ReLU's mask (y > 0) and the sum folded into the Winograd input
+    transform where it applies. Input gradient only."""
     x, W, stride, pad, state = cache
+    if extra is not None and (extra.shape != dy.shape or extra.dtype != dy.dtype):
+        dy, extra = dy + extra, None
     if dy.dtype == np.float32 and _winograd_applies(x, W, stride, pad, W.shape[0]):
         U = _winograd_weights(state, "winograd", lambda: winograd.transform_weights(W))
-        return winograd.conv3x3_backward_input(dy, U, mask=y)
-    return conv2d_backward(relu_backward(dy, y), cache, False)[0]
+        return winograd.conv3x3_backward_input(dy, U, mask=y, extra=extra)
+    return conv2d_backward(relu_backward(dy, y, extra), cache, False)[0]
 
 
 def relu_forward(x):
@@ -149,10 +152,14 @@ def relu_forward(x):
     return y
 
 
-def relu_backward(dy, y):
+def relu_backward(dy, y, extra=None):
+    """dy * (y > 0), or (dy + extra) * (y > 0) in the same pass."""
     dx = np.empty_like(dy)
-    if dy.dtype == np.float32 and y.dtype == np.float32 and dy.flags.c_contiguous and y.flags.c_contiguous:
-        fused.relu_backward(dy, y, dx)
+    fast = dy.dtype == np.float32 and y.dtype == np.float32 and dy.flags.c_contiguous and y.flags.c_contiguous
+    if extra is not None and not (fast and extra.dtype == np.float32 and extra.flags.c_contiguous and extra.shape == dy.shape):
+        dy, extra = dy + extra, None
+    if fast:
+        fused.relu_backward(dy, y, dx, extra)
     else:
         k.relu_backward(dy, y, dx)
     return dx
