@@ -145,6 +145,25 @@ def _relu_add_backward(i0, i1, dy, extra, y, out):
         o[i] = d[i] + e[i] if yy[i] > _0 else _0
 
 
+@njit(nogil=True, fastmath=True, cache=True)
+def _bias_rows(r0, r1, y, b, relu):
+    for r in range(r0, r1):
+        yr = y[r]
+        v = b[r]
+        if relu:
+            for i in range(yr.shape[0]):
+                t = yr[i] + v
+                yr[i] = t if t > _0 else _0
+        else:
+            for i in range(yr.shape[0]):
+                yr[i] = yr[i] + v
+
+
+def bias_forward(y, b, relu=False):
+    """y[c, :] += b[c] in place (then max(., 0) when relu); y (C, P) float32 C-contiguous."""
+    parallel_range(_bias_rows, y.shape[0], y, b, relu, min_per_thread=max(1, _CHUNK // max(1, y.shape[1])))
+
+
 def avg_pool2x2_forward(x, out):
     """x (P, H, W) float32 -> out (P, H // 2, W // 2)."""
     parallel_range(_avg_pool2x2_forward, x.shape[0], x, out, min_per_thread=max(1, _CHUNK // x[0].size))

@@ -62,17 +62,28 @@ def conv2d_forward(x, W, b, stride, pad, state):
     if _winograd_applies(x, W, stride, pad, W.shape[1]):
         U = _winograd_weights(state, "winograd", lambda: winograd.transform_weights(W))
         return winograd.conv3x3_forward(x, U, b, W=W), (x, W, stride, pad, state)
+    return _im2col_forward(x, W, b, stride, pad, False), (x, W, stride, pad, state)
+
+
+def _im2col_forward(x, W, b, stride, pad, relu):
+    """im2col + GEMM per image, then the bias (and ReLU when relu) in one pass."""
     N, C, H, Wd = x.shape
     Cout, _, kh, kw = W.shape
     Ho, Wo = _out_size(H, kh, stride, pad), _out_size(Wd, kw, stride, pad)
     W2 = W.reshape(Cout, -1)
     cols = np.empty((C * kh * kw, Ho * Wo), dtype=x.dtype)
     y = arena.empty((N, Cout, Ho * Wo), np.result_type(x.dtype, W.dtype))
+    fast = y.dtype == np.float32 and b.dtype == np.float32
     for n in range(N):
         k.im2col(x[n], kh, kw, stride, pad, Ho, Wo, cols)
         threads.matmul(W2, cols, out=y[n])
-        y[n] += b[:, None]
-    return y.reshape(N, Cout, Ho, Wo), (x, W, stride, pad, state)
+        if fast:
+            fused.bias_forward(y[n], b, relu)  # over minivgg's pool, ReLU in the same pass
+        else:
+            y[n] += b[:, None]
+            if relu:
+                k.relu_forward(y[n], y[n])
+    return y.reshape(N, Cout, Ho, Wo)
 
 
 def conv2d_backward(dy, cache, param_grads):
@@ -120,11 +131,7 @@ def conv2d_relu_forward(x, W, b, stride, pad, state, pool_ties=False):
         U = _winograd_weights(state, "winograd", lambda: winograd.transform_weights(W))
         y = winograd.conv3x3_forward(x, U, b, relu=True, W=W)
     else:
-        y, _ = conv2d_forward(x, W, b, stride, pad, state)
-        if y.dtype == np.float32:
-            fused.relu_forward(y, y)  # in place: y is ours
-        else:
-            k.relu_forward(y, y)
+        y = _im2col_forward(x, W, b, stride, pad, True)
     if pool_ties and y.dtype == np.float32 and W.shape[2:] == (3, 3) and stride == 1 and pad == 1:
         winograd.refine_pool_ties(x, W, b, y)
     return y, (x, W, stride, pad, state)
