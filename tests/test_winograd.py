@@ -281,6 +281,20 @@ def test_relu_kernels_over_the_pool():
         np.testing.assert_array_equal(dx, np.where(y > 0, dy + e, 0))
 
 
+def test_bias_forward_over_the_pool():
+    from minivgg.cpu import fused
+
+    rng = np.random.default_rng(12)
+    for shape in ((3, 7), (64, 70000)):  # one piece, and several over the pool
+        y = rng.standard_normal(shape).astype(np.float32)
+        b = rng.standard_normal(shape[0]).astype(np.float32)
+        for relu in (False, True):
+            out = y.copy()
+            fused.bias_forward(out, b, relu)
+            ref = y + b[:, None]
+            np.testing.assert_array_equal(out, np.maximum(ref, 0) if relu else ref)
+
+
 def test_threads_matmul():
     from minivgg.cpu import threads
 
@@ -296,6 +310,10 @@ def test_threads_matmul():
     np.testing.assert_allclose(out, D @ F[1], rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="C-contiguous"):
         threads.matmul(D, F[1], out=np.empty((300, 40), np.float32).T)
+    # few rows, many columns: split by columns (im2col's first layer, forward and back)
+    A = rng.standard_normal((27, 64)).astype(np.float32)
+    B = rng.standard_normal((2, 64, 5003)).astype(np.float32)
+    np.testing.assert_allclose(threads.matmul(A[None], B), A.astype(np.float64) @ B, rtol=1e-5, atol=1e-4)
     # the BLAS thread limit is restored after the call
     from threadpoolctl import threadpool_info
 
