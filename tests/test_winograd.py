@@ -408,3 +408,26 @@ def test_max_pool_near_ties_are_recomputed_exactly():
         window = fixed[n, o, i0 : i0 + 2, j0 : j0 + 2]
         assert window.max() - fixed[n, o, i, j] <= 2 * within
     assert rel(fixed, exact) < 5e-6
+
+
+@pytest.mark.parametrize("stride, pad, k", [(1, 1, 3), (2, 1, 3), (1, 0, 3), (2, 0, 2)])
+def test_im2col_backward_in_bands_matches_whole(monkeypatch, stride, pad, k):
+    """The banded im2col backward (bands of output rows, the last one short, ReLU's mask
+    and a second gradient applied band by band) gives what one whole-image pass gives."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((2, 3, 23, 19)).astype(np.float32)
+    W = (rng.standard_normal((8, 3, k, k)) * 0.3).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    y, cache = ops.conv2d_relu_forward(x, W, b, stride, pad, {})
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    e = rng.standard_normal(y.shape).astype(np.float32)
+    whole = ops.relu_conv2d_backward(dy, y, cache, e)
+    plain = ops.conv2d_backward(dy, cache, False)[0]
+    monkeypatch.setattr(ops, "IM2COL_BAND_ABOVE", 0)
+    for floats in (1, 27 * 19 * 2, 27 * 19 * 4):  # one row per band, a few rows, a short last band
+        monkeypatch.setattr(ops, "IM2COL_BAND_FLOATS", floats)
+        np.testing.assert_allclose(ops.relu_conv2d_backward(dy, y, cache, e), whole, rtol=0, atol=1e-6 * np.abs(whole).max())
+        np.testing.assert_allclose(ops.conv2d_backward(dy, cache, False)[0], plain, rtol=0, atol=1e-6 * np.abs(plain).max())
+    ref = direct_conv_backward_input((dy + e) * (y > 0), W) if (stride, pad, k) == (1, 1, 3) else None
+    if ref is not None:
+        assert rel(whole, ref) < 1e-5

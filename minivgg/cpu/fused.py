@@ -26,6 +26,7 @@ from .threads import parallel_range
 _Q = np.float32(0.25)
 _0 = np.float32(0.0)
 _CHUNK = 1 << 16  # elements per thread below which one thread does it all
+_NO_EXTRA = np.empty((0, 0), np.float32)
 
 
 @njit(nogil=True, cache=True)
@@ -162,6 +163,31 @@ def _bias_rows(r0, r1, y, b, relu):
 def bias_forward(y, b, relu=False):
     """y[c, :] += b[c] in place (then max(., 0) when relu); y (C, P) float32 C-contiguous."""
     parallel_range(_bias_rows, y.shape[0], y, b, relu, min_per_thread=max(1, _CHUNK // max(1, y.shape[1])))
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _relu_band(c0, c1, dy, extra, y, p0, p1, out):
+    """out[c, :] = (dy + extra)[c, p0:p1] * (y[c, p0:p1] > 0) for channels c0..c1-1 of
+    (C, P) arrays (extra empty: dy alone)."""
+    added = extra.shape[0] > 0
+    for c in range(c0, c1):
+        d = dy[c, p0:p1]
+        yy = y[c, p0:p1]
+        o = out[c]
+        if added:
+            e = extra[c, p0:p1]
+            for i in range(p1 - p0):
+                o[i] = d[i] + e[i] if yy[i] > _0 else _0
+        else:
+            for i in range(p1 - p0):
+                o[i] = d[i] if yy[i] > _0 else _0
+
+
+def relu_backward_band(dy, y, p0, p1, out, extra=None):
+    """out (C, p1 - p0) = ReLU's backward on columns p0..p1-1 of (C, P) float32 arrays
+    dy, y (and + extra): one band of an image, for a banded im2col backward."""
+    e = _NO_EXTRA if extra is None else extra
+    parallel_range(_relu_band, dy.shape[0], dy, e, y, p0, p1, out, min_per_thread=max(1, _CHUNK // max(1, p1 - p0)))
 
 
 def avg_pool2x2_forward(x, out):

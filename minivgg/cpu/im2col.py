@@ -59,25 +59,28 @@ def im2col(x, kh, kw, stride, pad, Ho, Wo, out):
 
 
 @njit(nogil=True, cache=True)
-def _col2im_planes(c0, c1, cols, kh, kw, stride, pad, Ho, Wo, out):
-    """Planes c0..c1-1 of col2im's ``out``. Each pixel sums the entries that read it in
-    (ki, kj) order starting from zero, as a per-pixel gather would, but row segment by
-    row segment (contiguous, vectorisable)."""
+def _col2im_planes(c0, c1, cols, kh, kw, stride, pad, Ho, Wo, out, oh0, oh1, zero):
+    """Planes c0..c1-1 of col2im's ``out``, from the output rows oh0..oh1-1 whose columns
+    ``cols`` holds (column (oh - oh0) * Wo + ow); the planes are zeroed first when ``zero``
+    (else added to: a band of rows after another). Each pixel sums the entries that read
+    it in (ki, kj) order, as a per-pixel gather would, but row segment by row segment
+    (contiguous, vectorisable)."""
     C, H, W = out.shape
     for c in range(c0, c1):
         oc = out[c]
-        for i in range(H):
-            for j in range(W):
-                oc[i, j] = 0
+        if zero:
+            for i in range(H):
+                for j in range(W):
+                    oc[i, j] = 0
         for ki in range(kh):
             for kj in range(kw):
                 r = (c * kh + ki) * kw + kj
                 lo, hi = _inside(kj, stride, pad, W, Wo)
-                for oh in range(Ho):
+                for oh in range(oh0, oh1):
                     i = oh * stride - pad + ki
                     if i < 0 or i >= H:
                         continue
-                    src = cols[r, oh * Wo : (oh + 1) * Wo]
+                    src = cols[r, (oh - oh0) * Wo : (oh - oh0 + 1) * Wo]
                     dst = oc[i]
                     if stride == 1:
                         for ow in range(lo, hi):
@@ -87,10 +90,13 @@ def _col2im_planes(c0, c1, cols, kh, kw, stride, pad, Ho, Wo, out):
                             dst[ow * stride - pad + kj] += src[ow]
 
 
-def col2im(cols, kh, kw, stride, pad, Ho, Wo, out):
+def col2im(cols, kh, kw, stride, pad, Ho, Wo, out, oh0=0, oh1=None, zero=True):
     """Adjoint of im2col: ``out[c, i, j] = sum of cols entries that im2col read from (c, i, j)``.
-    Each thread owns whole planes (channels), so no two threads write the same element."""
-    parallel_range(_col2im_planes, out.shape[0], cols, kh, kw, stride, pad, Ho, Wo, out,
+    ``cols`` may hold only the output rows oh0..oh1-1 (a band); with zero=False their
+    contributions are added to ``out``. Each thread owns whole planes (channels), so no
+    two threads write the same element."""
+    oh1 = Ho if oh1 is None else oh1
+    parallel_range(_col2im_planes, out.shape[0], cols, kh, kw, stride, pad, Ho, Wo, out, oh0, oh1, zero,
                    min_per_thread=max(1, (1 << 15) // max(1, out.shape[1] * out.shape[2])))
 
 

@@ -104,11 +104,7 @@ def conv2d_backward(dy, cache, param_grads):
         U = _winograd_weights(state, "winograd", lambda: winograd.transform_weights(W))
         dx = winograd.conv3x3_backward_input(dy, U)
     else:
-        dx = np.empty((N, C, H, Wd), dtype=dtype)
-        dcols = np.empty((C * kh * kw, Ho * Wo), dtype=dtype)
-        for n in range(N):
-            threads.matmul(W2.T, dy2[n], out=dcols)
-            k.col2im(dcols, kh, kw, stride, pad, Ho, Wo, dx[n])
+        dx = _im2col_backward_input(dy, W, stride, pad, x.shape)
     if not param_grads:
         return dx, None, None
     dW = np.zeros((Cout, C * kh * kw), dtype=dtype)
@@ -118,6 +114,51 @@ def conv2d_backward(dy, cache, param_grads):
         dW += dy2[n] @ cols.T
     db = dy2.sum(axis=(0, 2))
     return dx, dW.reshape(W.shape), db
+
+
+# Above this many floats of columns per image, im2col's backward goes band by band of
+# output rows (conv1_1 at 512x512: 27 x 262144 columns, 28 MB, and the ReLU-masked
+# gradient they come from, 64 MB): each band's masked gradient and columns (~1 MB) stay
+# in cache, and neither full-size array is made.
+IM2COL_BAND_ABOVE = 1 << 21
+IM2COL_BAND_FLOATS = 1 << 18
+
+
+def _im2col_backward_input(dy, W, stride, pad, x_shape, mask=None, extra=None):
+    """dx = col2im(W2^T @ g[n]) with g = dy, or ReLU's backward (dy (+ extra)) * (mask > 0)."""
+    N, C, H, Wd = x_shape
+    Cout, _, kh, kw = W.shape
+    Ho, Wo = dy.shape[2], dy.shape[3]
+    K = C * kh * kw
+    W2T = W.reshape(Cout, -1).T
+    fast = all(a is None or (a.dtype == np.float32 and a.flags.c_contiguous) for a in (dy, W, mask, extra))
+    if not fast:
+        if mask is not None:
+            dy = relu_backward(dy, mask, extra)
+        mask = extra = None
+    dtype = np.result_type(dy.dtype, W.dtype)
+    rows = Ho
+    if fast and K * Ho * Wo > IM2COL_BAND_ABOVE:
+        rows = max(1, min(Ho, IM2COL_BAND_FLOATS // (max(K, Cout) * Wo)))
+    dy2 = dy.reshape(N, Cout, Ho * Wo)
+    m2 = None if mask is None else mask.reshape(N, Cout, Ho * Wo)
+    e2 = None if extra is None else extra.reshape(N, Cout, Ho * Wo)
+    dx = np.empty(x_shape, dtype=dtype)
+    dcols = np.empty((K, rows * Wo), dtype=dtype)
+    g = None if mask is None else np.empty((Cout, rows * Wo), dtype=dtype)
+    for n in range(N):
+        for oh0 in range(0, Ho, rows):
+            oh1 = min(Ho, oh0 + rows)
+            p0, p1 = oh0 * Wo, oh1 * Wo
+            if g is not None:
+                fused.relu_backward_band(dy2[n], m2[n], p0, p1, g, None if e2 is None else e2[n])
+                src = g[:, : p1 - p0]
+            else:
+                src = dy2[n][:, p0:p1]
+            dc = dcols if p1 - p0 == dcols.shape[1] else np.empty((K, p1 - p0), dtype=dtype)
+            threads.matmul(W2T, src, out=dc)
+            k.col2im(dc, kh, kw, stride, pad, Ho, Wo, dx[n], oh0, oh1, oh0 == 0)
+    return dx
 
 
 def conv2d_relu_forward(x, W, b, stride, pad, state, pool_ties=False):
@@ -147,7 +188,7 @@ def relu_conv2d_backward(dy, y, cache, extra=None):
     if dy.dtype == np.float32 and _winograd_applies(x, W, stride, pad, W.shape[0]):
         U = _winograd_weights(state, "winograd", lambda: winograd.transform_weights(W))
         return winograd.conv3x3_backward_input(dy, U, mask=y, extra=extra)
-    return conv2d_backward(relu_backward(dy, y, extra), cache, False)[0]
+    return _im2col_backward_input(dy, W, stride, pad, x.shape, mask=y, extra=extra)
 
 
 def relu_forward(x):
