@@ -280,11 +280,17 @@ def test_forward_reuses_its_arrays_only_when_nobody_holds_them():
     for l in layers:
         np.testing.assert_array_equal(second[l], fresh[l])
 
-    # dropped: the next pass takes the same memory back, with the right values
-    addresses = {l: second[l].__array_interface__["data"][0] for l in layers}
+    # dropped: the next pass takes the same memory back, with the right values. relu1_1 and
+    # relu3_1 stay in the layers' caches until the next pass starts, so they are taken back,
+    # each by one of the layers of its shape (conv1_x, conv3_x): compare with every array the
+    # second pass made, not just the returned ones (pool4's output is not cached: freed at
+    # `del second`, its memory comes back only if malloc happens to return it)
+    made = net._cpu_arena._now
+    addresses = {a.__array_interface__["data"][0] for refs in made.values() for a in (r() for r in refs) if a is not None}
     del second
     third = net.forward(x1, layers)
-    assert any(third[l].__array_interface__["data"][0] in addresses.values() for l in layers)
+    for l in ("relu1_1", "relu3_1"):
+        assert third[l].__array_interface__["data"][0] in addresses, l
     for l in layers:
         np.testing.assert_array_equal(third[l], snapshot[l])
     dx = net.backward({l: np.ones_like(third[l]) for l in layers})
@@ -340,8 +346,10 @@ def test_malloc_keeps_freed_memory_for_the_next_iteration():
         pytest.skip("malloc tuning applies to glibc only")
     a = np.ones(4 << 20, np.float32)
     del a
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    b = np.ones(4 << 20, np.float32)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    del b
-    assert faults < 64  # ~4100 (4 KiB pages) or ~500 (huge pages) without the tuning
+    faults = []
+    for _ in range(3):  # the least of three: a stray fault from elsewhere in the process is not the tuning
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        b = np.ones(4 << 20, np.float32)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        del b
+    assert min(faults) < 64, faults  # ~4100 (4 KiB pages) or ~500 (huge pages) without the tuning
