@@ -301,23 +301,26 @@ GRAM_CHUNK_FLOATS = 1 << 18
 
 
 @njit(nogil=True, cache=True)
-def _nt_row(mr, F, ao, ldf, G, co, ldg, j0, n, kc, acc):
-    """Rows of G (mr a compile-time 4, 2 or 1, at F offset ao) times F's rows j0..n-1."""
+def _nt_row(mr, F, i, k0, ldf, G, ldg, j0, n, kc, acc):
+    """G[i:i+mr, j0:n] (+)= F[i:i+mr, k0:k0+kc] . F[j0:n, k0:k0+kc] (mr a compile-time 4, 2
+    or 1), in blocks of NRG columns and then 3-, 2- and 1-column pieces."""
+    ao = i * ldf + k0
+    co = i * ldg
     j = j0
     while j + NRG <= n:
-        _micro_nt(mr, 6, F, ao, ldf, F, j * ldf + (ao % ldf), ldf, G, co + j, ldg, kc, acc)
+        _micro_nt(mr, 6, F, ao, ldf, F, j * ldf + k0, ldf, G, co + j, ldg, kc, acc)
         j += NRG
     r = n - j
     if r >= 3:
-        _micro_nt(mr, 3, F, ao, ldf, F, j * ldf + (ao % ldf), ldf, G, co + j, ldg, kc, acc)
+        _micro_nt(mr, 3, F, ao, ldf, F, j * ldf + k0, ldf, G, co + j, ldg, kc, acc)
         j += 3
         r -= 3
     if r >= 2:
-        _micro_nt(mr, 2, F, ao, ldf, F, j * ldf + (ao % ldf), ldf, G, co + j, ldg, kc, acc)
+        _micro_nt(mr, 2, F, ao, ldf, F, j * ldf + k0, ldf, G, co + j, ldg, kc, acc)
         j += 2
         r -= 2
     if r >= 1:
-        _micro_nt(mr, 1, F, ao, ldf, F, j * ldf + (ao % ldf), ldf, G, co + j, ldg, kc, acc)
+        _micro_nt(mr, 1, F, ao, ldf, F, j * ldf + k0, ldf, G, co + j, ldg, kc, acc)
 
 
 @njit(nogil=True, cache=True)
@@ -338,13 +341,13 @@ def _gram_blocks(F, G, b0, bstep):
             while i < min(C, (ib + 1) * MRG):
                 r = min(C, (ib + 1) * MRG) - i
                 if r >= 4:
-                    _nt_row(4, F, i * ldf + k0, ldf, G, i * ldg, ldg, ib * MRG, C, klen, acc)
+                    _nt_row(4, F, i, k0, ldf, G, ldg, ib * MRG, C, klen, acc)
                     i += 4
                 elif r >= 2:
-                    _nt_row(2, F, i * ldf + k0, ldf, G, i * ldg, ldg, ib * MRG, C, klen, acc)
+                    _nt_row(2, F, i, k0, ldf, G, ldg, ib * MRG, C, klen, acc)
                     i += 2
                 else:
-                    _nt_row(1, F, i * ldf + k0, ldf, G, i * ldg, ldg, ib * MRG, C, klen, acc)
+                    _nt_row(1, F, i, k0, ldf, G, ldg, ib * MRG, C, klen, acc)
                     i += 1
 
 
@@ -357,19 +360,16 @@ def _mirror(G):
             G[i, j] = G[j, i]
 
 
-def gram_usable(F):
-    """Whether ``gram`` can run on F (float32, unit stride along each row)."""
-    return F.dtype == np.float32 and (F.shape[-1] <= 1 or F.strides[-1] == 4) and all(s % 4 == 0 for s in F.strides)
+def unit_rows(x):
+    """float32 with whole-element strides and unit stride along the last axis: what the
+    kernels need of B, C and (for the Gram matrices) F."""
+    return x.dtype == np.float32 and (x.shape[-1] <= 1 or x.strides[-1] == 4) and all(s % 4 == 0 for s in x.strides)
 
 
 def usable(a, b, out):
     """Whether gemm can run on these arrays: float32, whole-element strides, and b's and
-    out's rows unit-stride."""
-    if a.dtype != np.float32 or b.dtype != np.float32 or out.dtype != np.float32:
-        return False
-    if b.shape[-1] > 1 and b.strides[-1] != 4 or out.shape[-1] > 1 and out.strides[-1] != 4:
-        return False
-    return all(s % 4 == 0 for x in (a, b, out) for s in x.strides)
+    out's rows unit-stride (a: any strides)."""
+    return a.dtype == np.float32 and all(s % 4 == 0 for s in a.strides) and unit_rows(b) and unit_rows(out)
 
 
 def gemm(a, b, out, accumulate=False):
@@ -394,7 +394,11 @@ def gemm(a, b, out, accumulate=False):
 
 
 def matmul(a, b, out):
-    """out = a @ b through ``gemm`` where it is available and fits, else numpy's matmul."""
-    if available() and usable(a, b, out) and a.ndim == b.ndim == out.ndim and a.ndim in (2, 3):
-        return gemm(a, b, out)
+    """out = a @ b through ``gemm`` where it is available and takes the arrays, else numpy's
+    matmul (which also gives numpy's error for arrays that do not match)."""
+    if available():
+        try:
+            return gemm(a, b, out)
+        except ValueError:  # gemm checks before it writes: out is untouched
+            pass
     return np.matmul(a, b, out=out)

@@ -146,7 +146,7 @@ def _gram_share(t, nthreads, F, G):
 def gram(F):
     """G[i] = F[i] F[i]^T for float32 (B, C, K): gemm.py's Gram kernel (upper triangle, the
     row blocks dealt to the threads in turn so each gets a like share), else ``matmul``."""
-    if not (_gemm.available() and _gemm.gram_usable(F)):
+    if not (_gemm.available() and _gemm.unit_rows(F)):
         return matmul(F, F.transpose(0, 2, 1))
     G = np.empty((F.shape[0], F.shape[1], F.shape[1]), np.float32)
     t = max(1, min(num_threads(), -(-F.shape[1] // _gemm.MRG)))
