@@ -366,7 +366,7 @@ def _whole(x, mask, extra, U, b, relu, y, th, tw, nthreads, bufs, backward, W):
     )
 
 
-MIN_BAND_TILES = 256  # below this many tiles per GEMM, BLAS is bound by reading U (measured)
+MIN_BAND_TILES = 256  # below this many tiles per GEMM it is bound by reading U (measured with OpenBLAS)
 KEEP_BYTES = 24 << 20  # whole-map buffers up to this size are kept between calls
 BAND_BYTES = 3 << 20  # V + M of one band: with gemm.py the GEMMs no longer need larger bands (measured: 6 -> 3 MiB, 256x256 iteration 160 -> 155 ms, 512 unchanged; half the workspace)
 
@@ -386,7 +386,7 @@ _NO_MASK = np.empty((0, 0, 0), np.float32)
 def _conv(x, U, b, relu, mask, out, threads, backward, W=None, extra=None):
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, cin, H, Wd = x.shape
-    # forward: M[xi] = U[xi] @ V[xi]; backward: M[xi] = U[xi]^T @ V[xi] (a BLAS flag, no copy)
+    # forward: M[xi] = U[xi] @ V[xi]; backward: M[xi] = U[xi]^T @ V[xi] (U read in place, no copy)
     Ug = U.transpose(0, 2, 1) if backward else U
     cout = Ug.shape[1]
     if Ug.shape[2] != cin:
