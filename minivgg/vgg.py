@@ -69,7 +69,8 @@ def random_weights(arch, keep_classifier=False, seed=0):
 class Net:
     """A VGG network on one device. Build it with :func:`load_vgg`."""
 
-    def __init__(self, arch, params, pooling="avg", device="cpu", keep_classifier=False, convention=None, source=None):
+    def __init__(self, arch, params, pooling="avg", device="cpu", keep_classifier=False, convention=None, source=None,
+                 up_to=None):
         if pooling not in ("avg", "max"):
             raise MiniVGGError(f"unknown pooling {pooling!r}; choose avg or max")
         self.arch, self.pooling, self.device = arch, pooling, device
@@ -79,6 +80,13 @@ class Net:
         self.ops = get_ops(device)
         self.xp = array_module_for(device)
         self.layer_names = layer_names(arch, keep_classifier)
+        self.up_to = up_to
+        if up_to is not None:
+            if up_to not in self.layer_names:
+                raise MiniVGGError(f"up_to: unknown layer {up_to!r} for {arch}; valid layers: {', '.join(self.layer_names)}")
+            if keep_classifier and not up_to.startswith(("fc", "relu6", "relu7")):
+                raise MiniVGGError(f"keep_classifier keeps fc6-fc8, but up_to={up_to!r} stops before them")
+            self.layer_names = self.layer_names[: self.layer_names.index(up_to) + 1]
         self._check_params(params)
         self.layers = {}
         for name in self.layer_names:
@@ -105,6 +113,7 @@ class Net:
         expect = {name: ((cout, cin, 3, 3), (cout,)) for name, cin, cout in conv_specs(self.arch)}
         if self.keep_classifier:
             expect.update({name: ((fout, fin), (fout,)) for name, fin, fout in FC})
+        expect = {name: shapes for name, shapes in expect.items() if name in self.layer_names}
         for name, (wshape, bshape) in expect.items():
             if name not in params:
                 what = "classifier layer" if name.startswith("fc") else "layer"
@@ -126,6 +135,8 @@ class Net:
             layers = [layers]
         layers = list(layers)
         bad = [l for l in layers if l not in self._index]
+        if bad and self.up_to is not None and all(l in layer_names(self.arch, self.keep_classifier) for l in bad):
+            raise MiniVGGError(f"layer {', '.join(map(repr, bad))} lies past {self.up_to!r}, where this net was built to stop (load_vgg(up_to=...))")
         if bad:
             raise MiniVGGError(
                 f"unknown layer {', '.join(map(repr, bad))} for {self.arch}"
@@ -295,7 +306,8 @@ class Net:
         return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def load_vgg(arch="vgg19", weights=None, pooling="avg", device="cpu", keep_classifier=False, seed=0, convention=None):
+def load_vgg(arch="vgg19", weights=None, pooling="avg", device="cpu", keep_classifier=False, seed=0, convention=None,
+             up_to=None):
     """Build a VGG-16/19.
 
     weights: ``None`` (a converted file from ``$MINIVGG_WEIGHTS`` or the cache, else a
@@ -303,6 +315,9 @@ def load_vgg(arch="vgg19", weights=None, pooling="avg", device="cpu", keep_class
     mapping ``{"conv1_1": (W, b), ...}`` (W (out, in, 3, 3); fc6-fc8 W (out, in)).
     convention: the input convention for a mapping (default Caffe: BGR, 0-255, mean
     subtracted); a file carries its own.
+    up_to: a layer name (e.g. ``"relu5_1"``): build the net only that deep, and keep no
+    weights past it (VGG-19's conv5_2-conv5_4 are 28 MB that style transfer never uses).
+    Asking a forward or backward for a deeper layer is then an error.
     """
     conv_specs(arch)  # validates arch
     source = None
@@ -329,4 +344,5 @@ def load_vgg(arch="vgg19", weights=None, pooling="avg", device="cpu", keep_class
     elif weights is not None:
         params = weights
         source = "mapping"
-    return Net(arch, params, pooling=pooling, device=device, keep_classifier=keep_classifier, convention=convention, source=source)
+    return Net(arch, params, pooling=pooling, device=device, keep_classifier=keep_classifier, convention=convention, source=source,
+               up_to=up_to)

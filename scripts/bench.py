@@ -6,7 +6,8 @@ relu4_2 relu5_1, the content loss (relu4_2) and the five style losses, and backw
 the image. Each implementation runs in its own worker process (so peak memory is its
 own: VmHWM of the worker; --in-process runs both in this one process instead), and the
 parent interleaves the two: one minivgg iteration, one torch iteration, and so on.
-Prints medians after warm-up, the ratio, and peak RSS.
+Prints medians after warm-up, the ratio, and peak RSS. Both nets are built only as deep as
+relu5_1 (``load_vgg(up_to=...)``; the torch model is cut there too).
 
     python scripts/bench.py                    # 256 and 512, 7 repeats
     python scripts/bench.py --sizes 256 --repeats 5 --arch vgg16
@@ -48,9 +49,11 @@ def _minivgg_step(arch, size, device):
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     from minivgg import load_vgg
     from minivgg.losses import content_loss, gram_matrix, style_loss
-    from minivgg.vgg import random_weights
+    from minivgg.vgg import layer_names, random_weights
 
-    net = load_vgg(arch, weights=random_weights(arch), pooling="avg", device=device)
+    # built to relu5_1, like the torch model below (conv5_2-conv5_4 are never used)
+    net = load_vgg(arch, weights=random_weights(arch), pooling="avg", device=device,
+                   up_to=max(LAYERS, key=layer_names(arch).index))
     xp = net.xp
     x, t = (xp.asarray(a) for a in _inputs(size))
     tf = net.forward(t, LAYERS)

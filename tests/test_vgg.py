@@ -130,6 +130,32 @@ def test_layer_names_and_depth():
         net.backward({"relu3_1": np.zeros((1, 256, 4, 4), np.float32)})
 
 
+def test_up_to_builds_a_shallower_net_with_the_same_results(rng):
+    params = random_weights("vgg19")
+    full = load_vgg("vgg19", weights=params)
+    short = load_vgg("vgg19", weights=params, up_to="relu3_1")
+    assert short.layer_names == full.layer_names[: full.layer_names.index("relu3_1") + 1]
+    assert "conv3_2" not in short.params() and "conv3_1" in short.params()
+    x = rng.standard_normal((1, 3, 36, 28)).astype(np.float32)
+    layers = ["relu1_1", "relu2_1", "relu3_1"]
+    a, b = full.forward(x, layers), short.forward(x, layers)
+    for l in layers:
+        np.testing.assert_array_equal(a[l], b[l])
+    g = {l: rng.standard_normal(a[l].shape).astype(np.float32) for l in layers}
+    np.testing.assert_array_equal(full.backward(g), short.backward(g))
+    with pytest.raises(MiniVGGError, match="past 'relu3_1'"):
+        short.forward(x, ["relu4_1"])
+    # the weights past up_to are not needed at all
+    shallow = {k: v for k, v in params.items() if k in ("conv1_1", "conv1_2", "conv2_1")}
+    assert load_vgg("vgg19", weights=shallow, up_to="pool1").layer_names[-1] == "pool1"
+    with pytest.raises(MiniVGGError, match="lack layer conv2_2"):
+        load_vgg("vgg19", weights=shallow, up_to="relu2_2")
+    with pytest.raises(MiniVGGError, match="up_to: unknown layer 'relu9_9'"):
+        load_vgg("vgg19", weights=params, up_to="relu9_9")
+    with pytest.raises(MiniVGGError, match="stops before them"):
+        load_vgg("vgg19", weights=random_weights("vgg19", keep_classifier=True), keep_classifier=True, up_to="relu5_1")
+
+
 def test_several_layers_gradient_is_the_sum(rng):
     """backward({a: ga, b: gb}) equals backward({a: ga}) + backward({b: gb})."""
     net = load_vgg("vgg16", weights=random_weights("vgg16"))
