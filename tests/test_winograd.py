@@ -58,6 +58,39 @@ def test_transform_matrices_are_exact():
         np.testing.assert_allclose(yb, [g[::-1] @ d[i : i + 3] for i in range(4)], rtol=0, atol=1e-13)
 
 
+@pytest.mark.parametrize("n", [1, 5, 15, 16, 17, 33, 65])
+def test_phase_shuffles_split_and_weave_rows(n):
+    """simd.py: a row into its four phases (columns 4j + p) and back, with the offsets and
+    strides the transforms use, full 16-blocks and the scalar tail; ReLU on the way back."""
+    from numba import njit
+
+    from minivgg.cpu.simd import _deinterleave4, _interleave4
+
+    @njit
+    def split(src, so, dst, do, ldd, n):
+        _deinterleave4(src, so, dst, do, ldd, n)
+
+    @njit
+    def weave(src, so, lds, dst, do, n, relu):
+        _interleave4(src, so, lds, dst, do, n, relu)
+
+    rng = np.random.default_rng(n)
+    src = rng.standard_normal(3 + 4 * n + 5).astype(np.float32)
+    ld = n + 2
+    ph = np.full(7 + 4 * ld, -9, np.float32)
+    split(src, 3, ph, 7, ld, n)
+    want = np.full_like(ph, -9)
+    for p in range(4):
+        want[7 + p * ld : 7 + p * ld + n] = src[3 + p : 3 + 4 * n : 4]
+    np.testing.assert_array_equal(ph, want)  # nothing written outside the four rows
+    for relu in (False, True):
+        back = np.full(2 + 4 * n + 3, 5, np.float32)
+        weave(ph, 7, ld, back, 2, n, relu)
+        row = src[3 : 3 + 4 * n]
+        np.testing.assert_array_equal(back[2 : 2 + 4 * n], np.maximum(row, 0) if relu else row)
+        assert (back[:2] == 5).all() and (back[2 + 4 * n :] == 5).all()
+
+
 def test_generated_kernels_are_up_to_date():
     import os
 

@@ -39,11 +39,15 @@ Every loop stores to compile-time row indices of arrays allocated here, so that 
 vectorises it; the results are copied out with one-stream loops. Every index inside a
 loop is the bare loop variable on a view (never base + j or 4 * j): numba wraps negative
 indices, and a computed index it cannot prove non-negative gets a per-element check that
-stops vectorisation (7x slower copies).
+stops vectorisation (7x slower copies). Rows are split into their four phases (columns 4j +
+p) and woven back by simd.py's shuffles, which numba's stride-4 loops did not vectorise
+(input transform 8.8 -> 6.9 ns per tile and channel at 64 channels).
 """
 
 import numpy as np
 from numba import njit
+
+from .simd import _deinterleave4, _interleave4
 
 _0 = np.float32(0.0)
 _1 = np.float32(1.0)
@@ -59,11 +63,11 @@ def _input_transform_{alg}(x, mask, extra, c0, c1, ti0, ti1, tw, V):
     added = masked and extra.size == x.size
     n4 = tw + 1
     P = np.zeros((6, 4, n4), np.float32)  # P[m, ph, j] = padded row m at column 4j + ph
+    Pf = P.reshape(6 * 4 * n4)
     Q = np.empty((6, 4, n4), np.float32)
     O = np.empty((36, tw), np.float32)
     row = np.zeros(4 * n4, np.float32)  # row[q] = x[c, r, q - 1], zero outside
     inner = row[1 : Wd + 1]
-    row4 = row.reshape(n4, 4)  # row4[j, ph] = row[4j + ph]
     T = (ti1 - ti0) * tw
     # the band's rows 4 ti0 - 1 .. 4 ti1 + 4 of one channel, masked in one pass when masked
     rlo = max(0, 4 * ti0 - 1)
@@ -95,11 +99,7 @@ def _input_transform_{alg}(x, mask, extra, c0, c1, ti0, ti1, tw, V):
                     xr = buf[r - rlo] if masked else src[r]
                     for q in range(Wd):
                         inner[q] = xr[q]
-                    for j in range(n4):
-                        Pm[0, j] = row4[j, 0]
-                        Pm[1, j] = row4[j, 1]
-                        Pm[2, j] = row4[j, 2]
-                        Pm[3, j] = row4[j, 3]
+                    _deinterleave4(row, 0, Pf, m * 4 * n4, n4, n4)
                 else:
                     for ph in range(4):
                         for j in range(n4):
@@ -134,8 +134,8 @@ def _output_transform_{alg}(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand):
     Wd = y.shape[2]
     R = np.empty((4, 6, tw), np.float32)
     S = np.empty((4, 4, tw), np.float32)
+    Sf = S.reshape(16 * tw)
     out = np.empty(4 * tw, np.float32)
-    out4 = out.reshape(tw, 4)  # out4[j, s] = out[4j + s]
     T = (ti1 - ti0) * tw
     for o in range(o0, o1):
         bias = b[o]
@@ -197,18 +197,7 @@ def _output_transform_{alg}(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand):
                                         cand[n, 2] = 4 * j + s
                                     n += 1
             for r in range(nr):
-                if relu:
-                    for j in range(tw):
-                        out4[j, 0] = max(S[r, 0, j], _0)
-                        out4[j, 1] = max(S[r, 1, j], _0)
-                        out4[j, 2] = max(S[r, 2, j], _0)
-                        out4[j, 3] = max(S[r, 3, j], _0)
-                else:
-                    for j in range(tw):
-                        out4[j, 0] = S[r, 0, j]
-                        out4[j, 1] = S[r, 1, j]
-                        out4[j, 2] = S[r, 2, j]
-                        out4[j, 3] = S[r, 3, j]
+                _interleave4(Sf, r * 4 * tw, tw, out, 0, tw, relu)
                 yr = y[o, 4 * ti + r]
                 for q in range(Wd):
                     yr[q] = out[q]
