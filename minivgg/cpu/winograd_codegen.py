@@ -172,22 +172,22 @@ def _output_transform_{alg}(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand):
                 # outputs smaller than krel times this strip's RMS: their sign may be
                 # Winograd's rounding; list them for an exact recomputation. (Sums, not
                 # max/min: numba vectorises float sum reductions, not max/min ones.)
+                # (over the strip's rows as one flat run: 16 loops of tw were mostly loop
+                # overhead at tw = 4 or 8, and this test was ~40% of the forward transform)
+                Sn = Sf[: nr * 4 * tw]
                 ss = _0
-                for r in range(nr):
-                    for s in range(4):
-                        Srs = S[r, s]
-                        for j in range(tw):
-                            v = Srs[j]
-                            ss += v * v
+                for q in range(nr * 4 * tw):
+                    v = Sn[q]
+                    ss += v * v
                 t2 = krel * krel * ss / np.float32(nr * 4 * tw)
-                for r in range(nr):
-                    for s in range(4):
-                        Srs = S[r, s]
-                        cnt = _0
-                        for j in range(tw):
-                            v = Srs[j]
-                            cnt += _1 if v * v < t2 else _0
-                        if cnt > _0:
+                cnt = _0
+                for q in range(nr * 4 * tw):
+                    v = Sn[q]
+                    cnt += _1 if v * v < t2 else _0
+                if cnt > _0:
+                    for r in range(nr):
+                        for s in range(4):
+                            Srs = S[r, s]
                             for j in range(tw):
                                 v = Srs[j]
                                 if v * v < t2 and 4 * j + s < Wd:
