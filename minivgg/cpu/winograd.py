@@ -366,7 +366,11 @@ def _whole(x, mask, extra, U, b, relu, y, th, tw, nthreads, bufs, backward, W):
     )
 
 
-MIN_BAND_TILES = 256  # below this many tiles per GEMM it is bound by reading U (measured with OpenBLAS)
+# Below this many tiles per band the GEMMs are bound by reading U. 256 was measured with
+# OpenBLAS; with gemm.py 128 is faster (bands of conv1_2 - conv3_x half as tall, V and M
+# in cache): 256x256 iteration -4.5 ms over 7 alternated pairs, 512 the same or faster,
+# peak memory -20 MB at 256 and -50 MB at 512 (smaller band buffers). 64 was slower at 512.
+MIN_BAND_TILES = 128
 KEEP_BYTES = 24 << 20  # whole-map buffers up to this size are kept between calls
 BAND_BYTES = 3 << 20  # V + M of one band: with gemm.py the GEMMs no longer need larger bands (measured: 6 -> 3 MiB, 256x256 iteration 160 -> 155 ms, 512 unchanged; half the workspace)
 
