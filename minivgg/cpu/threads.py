@@ -1,5 +1,6 @@
-"""How the CPU kernels use the cores: one small pool of Python threads running nogil numba
-kernels and single-threaded BLAS calls, split into as many contiguous pieces as threads.
+"""How the CPU kernels use the cores: the calling thread and a small pool of Python threads
+(one fewer than the cores) running nogil numba kernels and single-threaded BLAS calls, split
+into as many contiguous pieces as threads (:func:`run`: each thread takes the next piece).
 
 Why not numba's ``prange`` or OpenBLAS's own threads: both synchronise their workers by
 spinning, and on a small machine shared with other work a spinning barrier waits for its
@@ -20,6 +21,7 @@ nothing, so a net driven from another thread runs correctly but with BLAS's own 
 """
 
 import contextlib
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -47,12 +49,13 @@ def num_threads():
 
 
 def pool():
-    """The process-wide worker pool (created on first use, and anew in a forked child,
-    which inherits the pool object but not its threads)."""
+    """The process-wide worker pool: one thread fewer than ``num_threads()``, the calling
+    thread being the other (:func:`run`). Created on first use, and anew in a forked child,
+    which inherits the pool object but not its threads."""
     global _POOL, _POOL_PID
     with _LOCK:
         if _POOL is None or _POOL_PID != os.getpid():
-            _POOL = ThreadPoolExecutor(max_workers=num_threads(), thread_name_prefix="minivgg")
+            _POOL = ThreadPoolExecutor(max_workers=max(1, num_threads() - 1), thread_name_prefix="minivgg")
             _POOL_PID = os.getpid()
         return _POOL
 
@@ -84,14 +87,40 @@ def wait(futures):
         f.result()
 
 
+def run(calls, threads=None):
+    """Every ``(fn, *args)`` of ``calls``, on the calling thread and the pool's: each takes
+    the next call nobody has taken until none is left, so the caller works instead of
+    waiting, and uneven calls even out. Returns when all are done; raises the first error.
+
+    The calling thread as one of the workers: a stage then starts at once, and only the
+    other worker needs waking (a pool thread idle for a few ms took ~50-250 us to wake on
+    the 2-core VM; an iteration at 256x256 has ~70 stages)."""
+    n = len(calls)
+    workers = min(n, threads or num_threads()) - 1
+    if workers <= 0:
+        for fn, *args in calls:
+            fn(*args)
+        return
+    taken = itertools.count()  # next() is atomic under the GIL
+
+    def take():
+        for i in taken:
+            if i >= n:
+                return
+            fn, *args = calls[i]
+            fn(*args)
+
+    futures = [pool().submit(take) for _ in range(workers)]
+    try:
+        take()
+    finally:
+        wait(futures)
+
+
 def parallel_range(fn, n, *args, threads=None, min_per_thread=1):
     """fn(start, stop, *args) over contiguous pieces of range(n), one per thread."""
     t = min(threads or num_threads(), max(1, n // max(1, min_per_thread)))
-    if t <= 1:
-        fn(0, n, *args)
-        return
-    p = pool()
-    wait([p.submit(fn, a, b, *args) for a, b in split(n, t)])
+    run([(fn, a, b, *args) for a, b in split(n, t)], threads=t)
 
 
 def _matmul_rows(r0, r1, a, b, out):
@@ -153,7 +182,7 @@ def gram(F):
     if t == 1:
         _gram_share(0, 1, F, G)
     else:
-        wait([pool().submit(_gram_share, k, t, F, G) for k in range(t)])
+        run([(_gram_share, k, t, F, G) for k in range(t)], threads=t)
     for i in range(G.shape[0]):
         _gemm._mirror(G[i])
     return G

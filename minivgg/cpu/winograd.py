@@ -275,10 +275,9 @@ def refine_pool_ties(x, W, b, y, threads=None):
     W = np.ascontiguousarray(W, dtype=np.float32)
     b = np.zeros(W.shape[0], np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32)
     nthreads = threads or num_threads()
-    pool = _pool()
     for i in range(y.shape[0]):
         tol = np.float32(POOL_TIE_BELOW * float(y[i].max()))
-        _wait([pool.submit(_refine_ties, x[i], W, b, y[i], tol, o0, o1) for o0, o1 in _split(y.shape[1], nthreads)])
+        _run([(_refine_ties, x[i], W, b, y[i], tol, o0, o1) for o0, o1 in _split(y.shape[1], nthreads)], nthreads)
 
 
 def _output(M, b, relu, o0, o1, ti0, ti1, tw, y, backward, x, W):
@@ -296,7 +295,7 @@ def _output(M, b, relu, o0, o1, ti0, ti1, tw, y, backward, x, W):
 
 
 # ---------------------------------------------------------------- threads
-from .threads import num_threads, one_blas_thread, pool as _pool, split as _split, wait as _wait  # noqa: E402,F401
+from .threads import num_threads, one_blas_thread, run as _run, split as _split  # noqa: E402,F401
 
 
 class _Workspace:
@@ -355,15 +354,9 @@ def _whole(x, mask, extra, U, b, relu, y, th, tw, nthreads, bufs, backward, W):
     """One image, all tiles at once, each stage split over the threads (for small maps)."""
     fin = _KERNELS[backward][0]
     V, M, Vg, Mg = bufs
-    pool = _pool()
-    _wait([pool.submit(fin, x, mask, extra, c0, c1, 0, th, tw, V) for c0, c1 in _split(x.shape[0], nthreads)])
-    _wait([pool.submit(gemm.matmul, U[k0:k1], Vg[k0:k1], Mg[k0:k1]) for k0, k1 in _split(36, nthreads)])
-    _wait(
-        [
-            pool.submit(_output, M, b, relu, o0, o1, 0, th, tw, y, backward, x, W)
-            for o0, o1 in _split(y.shape[0], nthreads)
-        ]
-    )
+    _run([(fin, x, mask, extra, c0, c1, 0, th, tw, V) for c0, c1 in _split(x.shape[0], nthreads)], nthreads)
+    _run([(gemm.matmul, U[k0:k1], Vg[k0:k1], Mg[k0:k1]) for k0, k1 in _split(36, nthreads)], nthreads)
+    _run([(_output, M, b, relu, o0, o1, 0, th, tw, y, backward, x, W) for o0, o1 in _split(y.shape[0], nthreads)], nthreads)
 
 
 # Below this many tiles per band the GEMMs are bound by reading U. 256 was measured with
@@ -416,8 +409,7 @@ def _conv(x, U, b, relu, mask, out, threads, backward, W=None, extra=None):
             for i, r0, r1 in bands:
                 _band(x[i], masks[i], extras[i], Ug, b, relu, y[i], r0, r1, tw, backward, W)
         elif len(bands) >= 2 * nthreads:
-            pool = _pool()
-            _wait([pool.submit(_band, x[i], masks[i], extras[i], Ug, b, relu, y[i], r0, r1, tw, backward, W) for i, r0, r1 in bands])
+            _run([(_band, x[i], masks[i], extras[i], Ug, b, relu, y[i], r0, r1, tw, backward, W) for i, r0, r1 in bands], nthreads)
         else:
             T = th * tw
             # the calling thread's workspace (not a pool thread's), reused to spare page
