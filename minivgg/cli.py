@@ -191,16 +191,23 @@ def load_input(spec):
     return load_image(spec)
 
 
-def load_net(args, keep_classifier=False):
-    """A Net from the shared network flags (device checked first)."""
+def load_net(args, keep_classifier=False, layers=None):
+    """A Net from the shared network flags (device checked first), built only as deep as the
+    deepest of ``layers`` when they are all layers of the architecture (no weights kept past
+    it; an unknown name is left for the command's check_layers to report)."""
     from .backend import check_device
-    from .vgg import load_vgg
+    from .vgg import layer_names, load_vgg
 
     check_device(args.device)
     if args.weights is not None and not os.path.isfile(args.weights):
         raise MiniVGGError(f"{args.weights}: no such weights file")
+    up_to = None
+    names = layer_names(args.arch)
+    wanted = [layers] if isinstance(layers, str) else list(layers or [])
+    if wanted and not keep_classifier and all(l in names for l in wanted):
+        up_to = max(wanted, key=names.index)
     return load_vgg(args.arch, weights=args.weights, pooling=args.pooling, device=args.device,
-                    keep_classifier=keep_classifier, seed=0)
+                    keep_classifier=keep_classifier, seed=0, up_to=up_to)
 
 
 def log_columns(history):
@@ -466,7 +473,7 @@ def run_style(args):
     init = _init_arg(args.init)
     if args.style_blend is not None and len(args.style_blend) != len(styles):
         raise MiniVGGError(f"--style-blend has {len(args.style_blend)} weight(s) for {len(styles)} style image(s)")
-    net = load_net(args)
+    net = load_net(args, layers=list(args.content_layers) + list(args.style_layers))
     net.check_layers(args.content_layers)
     net.check_layers(args.style_layers)
     stages = args.scales or [args.size]
@@ -517,7 +524,7 @@ def run_texture(args):
     check_outputs(args)
     source = load_input(args.image)
     init = "noise" if args.init == "noise" else _init_arg(args.init)
-    net = load_net(args)
+    net = load_net(args, layers=args.layers)
     net.check_layers(args.layers)
     runner = MethodRunner(args, total_rows=args.iters + 1, desc="texture")
     return runner.run(synthesize_texture, net, source, layers=args.layers, layer_weights=args.layer_weights,
@@ -563,7 +570,7 @@ def run_invert(args):
     check_outputs(args)
     image = load_input(args.image)
     init = args.init if args.init in ("noise", "content") else _init_arg(args.init)
-    net = load_net(args)
+    net = load_net(args, layers=args.layer)
     net.check_layers(args.layer)
     runner = MethodRunner(args, total_rows=args.iters + 1, desc="invert")
     return runner.run(invert, net, image, args.layer, size=args.size, content_weight=args.content_weight,
@@ -610,7 +617,7 @@ def run_dream(args):
 
     check_outputs(args)
     image = load_input(args.image)
-    net = load_net(args)
+    net = load_net(args, layers=[args.layer])
     net.check_layers([args.layer])
     rows = (args.zoom_steps + 1) * (args.octaves * args.iters + 1)
     runner = MethodRunner(args, total_rows=rows, desc="dream")
@@ -669,7 +676,7 @@ def run_visualize(args):
     if args.class_index is None and args.layer is None:
         raise MiniVGGError("give --layer (and optionally --channel) or --class")
     idx = class_index(args.class_index) if args.class_index is not None else None
-    net = load_net(args, keep_classifier=idx is not None)
+    net = load_net(args, keep_classifier=idx is not None, layers=None if idx is not None else [args.layer])
     if idx is None:
         net.check_layers([args.layer])
     runner = MethodRunner(args, total_rows=args.iters + 1, desc="visualize")

@@ -44,7 +44,8 @@ def run_demo(out_dir=DEMO_DIR, size=None, iters=None, device="cpu", quiet=False,
         sys.stderr.write(
             "minivgg demo: NOTE: no pretrained weights found, so this demo uses RANDOM weights and the pictures "
             "will not look like the papers'. Fetch real weights first: python -m weights_tools fetch vgg19-caffe\n")
-    net = load_vgg("vgg19", weights=None, pooling="avg", device=device)
+    # the style layers end at relu5_1 and the texture layers at pool4: nothing deeper is kept
+    net = load_vgg("vgg19", weights=None, pooling="avg", device=device, up_to="relu5_1")
     os.makedirs(out_dir, exist_ok=True)
     results = {}
     for name, run in (

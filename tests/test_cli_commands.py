@@ -61,6 +61,25 @@ def test_dream_with_frames(files, tmp_path):
     assert float(rows[-1]["activation"]) > float(rows[0]["activation"])
 
 
+def test_commands_build_the_net_only_as_deep_as_their_layers(files, tmp_path, monkeypatch):
+    from minivgg import vgg
+
+    built, real = [], vgg.load_vgg
+
+    def spy(*args, **kwargs):
+        net = real(*args, **kwargs)
+        built.append((kwargs.get("up_to"), net.layer_names[-1]))
+        return net
+
+    monkeypatch.setattr(vgg, "load_vgg", spy)
+    out, log = tmp_path / "o.png", tmp_path / "o.csv"
+    assert main(["texture", "--image", files["image"], "--layers", "pool1,conv1_1", "--size", "24", "--iters", "1",
+                 *common(files, out, log)]) == 0
+    assert main(["dream", "--image", files["image"], "--layer", "relu2_1", "--size", "32", "--octaves", "1",
+                 "--iters", "1", *common(files, out, log)]) == 0
+    assert built == [("pool1", "pool1"), ("relu2_1", "relu2_1")]
+
+
 def test_visualize(files, tmp_path):
     out, log = tmp_path / "v.png", tmp_path / "v.csv"
     assert main(["visualize", "--layer", "relu2_1", "--channel", "3", "--size", "32", "--iters", "2",
