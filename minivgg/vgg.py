@@ -263,7 +263,13 @@ class Net:
                 else:
                     g = g + gi
             top = i
-            if fused:
+            if self._pool_fuses(i, grads):
+                # an average pool's backward folded into the input transform of the ReLU-conv
+                # below it (its full-size output is never written)
+                relu, conv = self.layers[self.layer_names[i - 1]], self.layers[self.layer_names[i - 2]]
+                g = self.ops.relu_conv2d_backward(g, relu._need_cache(), conv._need_cache(), None, pooled=True)
+                i -= 3
+            elif fused:
                 # ReLU's mask folded into the conv's backward (one pass, no masked copy of g)
                 relu, conv = self.layers[name], self.layers[below]
                 g = self.ops.relu_conv2d_backward(g, relu._need_cache(), conv._need_cache(), extra)
@@ -276,6 +282,16 @@ class Net:
                 for done in self.layer_names[i + 1 : top + 1]:
                     self.layers[done].clear()
         return g
+
+    def _pool_fuses(self, i, grads):
+        """Whether layer i is a 2x2 average pool whose backward the CPU backend can fold
+        into the ReLU-conv below it (nothing asked of those two layers)."""
+        if i < 2 or self.pooling != "avg" or not hasattr(self.ops, "relu_conv2d_backward"):
+            return False
+        pool, relu, conv = self.layer_names[i], self.layer_names[i - 1], self.layer_names[i - 2]
+        layer = self.layers[pool]
+        return (pool.startswith("pool") and relu.startswith("relu") and conv.startswith("conv")
+                and relu not in grads and conv not in grads and layer.k == 2 and layer.s == 2)
 
     # --- input convention -------------------------------------------------------
     def _conv_arrays(self):

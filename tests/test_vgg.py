@@ -156,6 +156,20 @@ def test_up_to_builds_a_shallower_net_with_the_same_results(rng):
         load_vgg("vgg19", weights=random_weights("vgg19", keep_classifier=True), keep_classifier=True, up_to="relu5_1")
 
 
+@pytest.mark.parametrize("size", [37, 64])
+def test_average_pool_backward_folded_into_the_next_conv_is_exact(rng, size):
+    """Net.backward folds each 2x2 average pool's backward into the ReLU-conv below it on
+    the CPU; with the folding switched off the gradient is the same bit for bit."""
+    net = load_vgg("vgg19", weights=random_weights("vgg19"), pooling="avg", up_to="relu5_1")
+    x = (rng.standard_normal((1, 3, size, size)) * 50).astype(np.float32)
+    f = net.forward(x, GATYS_STYLE)
+    g = {l: rng.standard_normal(f[l].shape).astype(np.float32) for l in GATYS_STYLE}
+    assert sum(net._pool_fuses(i, g) for i in range(len(net.layer_names))) == 4
+    folded = net.backward(g)
+    net._pool_fuses = lambda i, grads: False
+    np.testing.assert_array_equal(folded, net.backward(g))
+
+
 def test_several_layers_gradient_is_the_sum(rng):
     """backward({a: ga, b: gb}) equals backward({a: ga}) + backward({b: gb})."""
     net = load_vgg("vgg16", weights=random_weights("vgg16"))

@@ -61,10 +61,11 @@ def test_transform_matrices_are_exact():
 @pytest.mark.parametrize("n", [1, 5, 15, 16, 17, 33, 65])
 def test_phase_shuffles_split_and_weave_rows(n):
     """simd.py: a row into its four phases (columns 4j + p) and back, with the offsets and
-    strides the transforms use, full 16-blocks and the scalar tail; ReLU on the way back."""
+    strides the transforms use, full 16-blocks and the scalar tail; ReLU on the way back;
+    and each value twice, scaled (the average pool's backward)."""
     from numba import njit
 
-    from minivgg.cpu.simd import _deinterleave4, _interleave4
+    from minivgg.cpu.simd import _deinterleave4, _interleave4, _repeat2
 
     @njit
     def split(src, so, dst, do, ldd, n):
@@ -89,6 +90,15 @@ def test_phase_shuffles_split_and_weave_rows(n):
         row = src[3 : 3 + 4 * n]
         np.testing.assert_array_equal(back[2 : 2 + 4 * n], np.maximum(row, 0) if relu else row)
         assert (back[:2] == 5).all() and (back[2 + 4 * n :] == 5).all()
+
+    @njit
+    def repeat(src, so, dst, do, n, scale):
+        _repeat2(src, so, dst, do, n, scale)
+
+    twice = np.full(1 + 2 * n + 2, 5, np.float32)
+    repeat(src, 3, twice, 1, n, np.float32(0.25))
+    np.testing.assert_array_equal(twice[1 : 1 + 2 * n], np.repeat(np.float32(0.25) * src[3 : 3 + n], 2))
+    assert twice[0] == 5 and (twice[1 + 2 * n :] == 5).all()
 
 
 def test_generated_kernels_are_up_to_date():
@@ -152,6 +162,27 @@ def test_backward_with_fused_relu_mask():
     assert rel(dx, direct_conv_backward_input((dy + e) * (y > 0), W)) < 2e-6
     with pytest.raises(ValueError, match="extra"):
         winograd.conv3x3_backward_input(dy, winograd.transform_weights(W), extra=e)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 9, 7), (1, 6, 16, 12), (1, 3, 70, 66)])
+def test_backward_with_fused_average_pool(shape):
+    """pooled=True: dy is a 2x2 average pool's output gradient; the pool's backward (dy / 4
+    over each window, 0 in a trailing odd row or column) is folded into the input
+    transform. Bit for bit the unfused result."""
+    rng = np.random.default_rng(5)
+    n, c, h, w = shape
+    y = np.maximum(rng.standard_normal(shape), 0).astype(np.float32)
+    dyp = rng.standard_normal((n, c, h // 2, w // 2)).astype(np.float32)
+    e = rng.standard_normal(shape).astype(np.float32)
+    U = winograd.transform_weights(he_weights(rng, c, 4))
+    up = ops.avg_pool2d_backward(dyp, shape, 2, 2)
+    assert (up[:, :, 2 * (h // 2) :] == 0).all() and (up[:, :, :, 2 * (w // 2) :] == 0).all()
+    for extra in (None, e):
+        want = winograd.conv3x3_backward_input(up, U, mask=y, extra=extra)
+        got = winograd.conv3x3_backward_input(dyp, U, mask=y, extra=extra, pooled=True)
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="pooled needs a mask"):
+        winograd.conv3x3_backward_input(dyp, U, mask=y[:, :, :4], pooled=True)
 
 
 def test_float64_transform_is_exact_to_rounding():

@@ -103,3 +103,37 @@ def _interleave4(typingctx, src, so, lds, dst, do, n, relu):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def _repeat2(typingctx, src, so, dst, do, n, scale):
+    """dst[do + 2 k] = dst[do + 2 k + 1] = scale * src[so + k] for k < n: a row of a 2x2
+    average pool's backward (scale 1/4), each value over its window's two columns."""
+    sig = types.void(src, so, dst, do, n, scale)
+
+    def codegen(context, builder, signature, args):
+        _, so_, _, do_, n_, scale_ = args
+        e = _IR(context, builder, signature, args, ir.Constant(ir.IntType(64), LANES))
+        so_, do_, n_ = map(e.int, (so_, do_, n_))
+        sp, dp = e.pointer(0, so_), e.pointer(2, do_)
+        i32 = ir.IntType(32)
+        lo = ir.Constant(ir.VectorType(i32, LANES), [k // 2 for k in range(LANES)])
+        hi = ir.Constant(ir.VectorType(i32, LANES), [LANES // 2 + k // 2 for k in range(LANES)])
+        sv = e.splat(scale_)
+        nblocks = builder.udiv(n_, e.const(LANES))
+        with cgutils.for_range(builder, nblocks) as loop:
+            k0 = builder.mul(loop.index, e.const(LANES))
+            v = builder.fmul(e.load(sp, k0), sv)
+            d0 = builder.mul(k0, e.const(2))
+            e.store(builder.shuffle_vector(v, v, lo), dp, d0)
+            e.store(builder.shuffle_vector(v, v, hi), dp, builder.add(d0, e.const(LANES)))
+        rest = builder.mul(nblocks, e.const(LANES))
+        with cgutils.for_range(builder, builder.sub(n_, rest)) as loop:
+            k = builder.add(rest, loop.index)
+            x = builder.fmul(builder.load(e.at(sp, k)), scale_)
+            d = builder.mul(k, e.const(2))
+            builder.store(x, e.at(dp, d))
+            builder.store(x, e.at(dp, builder.add(d, e.const(1))))
+        return context.get_dummy_value()
+
+    return sig, codegen

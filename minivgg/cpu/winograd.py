@@ -338,23 +338,23 @@ def _buffer_size(cin, cout, T):
     return 36 * (cin * T + cout * T + 2 * ROW_PAD)
 
 
-def _band(x, mask, extra, U, b, relu, y, ti0, ti1, tw, backward, W):
+def _band(x, mask, extra, pooled, U, b, relu, y, ti0, ti1, tw, backward, W):
     """The whole pipeline on tile rows ti0..ti1-1 of one image, in this thread."""
     fin = _KERNELS[backward][0]
     cin = x.shape[0]
     cout = y.shape[0]
     T = (ti1 - ti0) * tw
     V, M, Vg, Mg = _buffers(_workspace().get(_buffer_size(cin, cout, T)), cin, cout, T)
-    fin(x, mask, extra, 0, cin, ti0, ti1, tw, V)
+    fin(x, mask, extra, pooled, 0, cin, ti0, ti1, tw, V)
     gemm.matmul(U, Vg, Mg)
     _output(M, b, relu, 0, cout, ti0, ti1, tw, y, backward, x, W)
 
 
-def _whole(x, mask, extra, U, b, relu, y, th, tw, nthreads, bufs, backward, W):
+def _whole(x, mask, extra, pooled, U, b, relu, y, th, tw, nthreads, bufs, backward, W):
     """One image, all tiles at once, each stage split over the threads (for small maps)."""
     fin = _KERNELS[backward][0]
     V, M, Vg, Mg = bufs
-    _run([(fin, x, mask, extra, c0, c1, 0, th, tw, V) for c0, c1 in _split(x.shape[0], nthreads)], nthreads)
+    _run([(fin, x, mask, extra, pooled, c0, c1, 0, th, tw, V) for c0, c1 in _split(x.shape[0], nthreads)], nthreads)
     _run([(gemm.matmul, U[k0:k1], Vg[k0:k1], Mg[k0:k1]) for k0, k1 in _split(36, nthreads)], nthreads)
     _run([(_output, M, b, relu, o0, o1, 0, th, tw, y, backward, x, W) for o0, o1 in _split(y.shape[0], nthreads)], nthreads)
 
@@ -380,9 +380,13 @@ def band_rows(th, tw, cin, cout, target_bytes=None, min_tiles=None):
 _NO_MASK = np.empty((0, 0, 0), np.float32)
 
 
-def _conv(x, U, b, relu, mask, out, threads, backward, W=None, extra=None):
+def _conv(x, U, b, relu, mask, out, threads, backward, W=None, extra=None, pooled=False):
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, cin, H, Wd = x.shape
+    if pooled:  # x is a 2x2 average pool's output gradient: the map is mask's
+        if mask is None or mask.shape[:2] != x.shape[:2] or (mask.shape[2] // 2, mask.shape[3] // 2) != (H, Wd):
+            raise ValueError("pooled needs a mask whose 2x2 pooling has the shape of the input")
+        H, Wd = mask.shape[2], mask.shape[3]
     # forward: M[xi] = U[xi] @ V[xi]; backward: M[xi] = U[xi]^T @ V[xi] (U read in place, no copy)
     Ug = U.transpose(0, 2, 1) if backward else U
     cout = Ug.shape[1]
@@ -393,7 +397,7 @@ def _conv(x, U, b, relu, mask, out, threads, backward, W=None, extra=None):
         mask = np.ascontiguousarray(mask, dtype=np.float32)
     masks = [_NO_MASK if mask is None else mask[i] for i in range(n)]
     if extra is not None:
-        if mask is None or extra.shape != x.shape:
+        if mask is None or extra.shape != mask.shape:
             raise ValueError("extra needs a mask and the shape of the input")
         extra = np.ascontiguousarray(extra, dtype=np.float32)
     extras = [_NO_MASK if extra is None else extra[i] for i in range(n)]
@@ -407,9 +411,9 @@ def _conv(x, U, b, relu, mask, out, threads, backward, W=None, extra=None):
     with one_blas_thread():
         if nthreads == 1:
             for i, r0, r1 in bands:
-                _band(x[i], masks[i], extras[i], Ug, b, relu, y[i], r0, r1, tw, backward, W)
+                _band(x[i], masks[i], extras[i], pooled, Ug, b, relu, y[i], r0, r1, tw, backward, W)
         elif len(bands) >= 2 * nthreads:
-            _run([(_band, x[i], masks[i], extras[i], Ug, b, relu, y[i], r0, r1, tw, backward, W) for i, r0, r1 in bands], nthreads)
+            _run([(_band, x[i], masks[i], extras[i], pooled, Ug, b, relu, y[i], r0, r1, tw, backward, W) for i, r0, r1 in bands], nthreads)
         else:
             T = th * tw
             # the calling thread's workspace (not a pool thread's), reused to spare page
@@ -419,7 +423,7 @@ def _conv(x, U, b, relu, mask, out, threads, backward, W=None, extra=None):
             buf = _workspace().get(size) if 4 * size <= KEEP_BYTES else np.empty(size, np.float32)
             bufs = _buffers(buf, cin, cout, T)
             for i in range(n):
-                _whole(x[i], masks[i], extras[i], Ug, b, relu, y[i], th, tw, nthreads, bufs, backward, W)
+                _whole(x[i], masks[i], extras[i], pooled, Ug, b, relu, y[i], th, tw, nthreads, bufs, backward, W)
     return y
 
 
@@ -440,12 +444,15 @@ def conv3x3_forward(x, U, b, relu=False, mask=None, out=None, threads=None, W=No
     return _conv(x, U, b, relu, mask, out, threads, False, W)
 
 
-def conv3x3_backward_input(dy, U, mask=None, out=None, threads=None, extra=None):
+def conv3x3_backward_input(dy, U, mask=None, out=None, threads=None, extra=None, pooled=False):
     """dx of y = conv2d(x, W, ., stride 1, pad 1) given dy, from the forward U = transform_weights(W).
 
     dy (N, Cout, H, W) float32 -> dx (N, Cin, H, W). mask (N, Cout, H, W) or None: use
     dy * (mask > 0), i.e. the backward of a ReLU whose output is mask, fused in.
     extra (the shape of dy, with mask only) or None: use (dy + extra) * (mask > 0), a second
     gradient reaching the ReLU's output (a loss on it) added in the same pass.
+    pooled (with mask): dy is the gradient at the output of a 2x2 stride-2 average pool of
+    the ReLU's output, whose backward (dy / 4 over each window) is folded into the input
+    transform; dx then has mask's height and width.
     """
-    return _conv(dy, U, None, False, mask, out, threads, True, extra=extra)
+    return _conv(dy, U, None, False, mask, out, threads, True, extra=extra, pooled=pooled)
