@@ -34,6 +34,7 @@ transform -> GEMM -> transform pipeline on its band with single-threaded BLAS, s
 a band stays in that core's cache and BLAS and numba never compete for cores.
 """
 
+import math
 import threading
 
 import numpy as np
@@ -127,6 +128,13 @@ def transform_weights(W, block=32):
     return U
 
 
+def gather_weights(W):
+    """w9 (9, Cout, Cin) float32 with w9[3a + b, o, c] = W[o, c, a, b]: the weights laid out
+    for products that make U from them as they go (a quarter of U's memory)."""
+    W = np.asarray(W, dtype=np.float32)
+    return np.ascontiguousarray(W.reshape(W.shape[0], W.shape[1], 9).transpose(2, 0, 1))
+
+
 def backward_weights(W):
     """The kernels of the backward-to-input convolution: W'[c, o] = W[o, c] rotated 180 deg."""
     return np.ascontiguousarray(np.asarray(W).transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
@@ -135,6 +143,7 @@ def backward_weights(W):
 # ---------------------------------------------------------------- numba kernels
 # Generated from ALGORITHMS by winograd_codegen.py (constants spelled out so LLVM vectorises).
 from .winograd_kernels import (  # noqa: E402
+    _weight_rows,
     _input_transform_bwd,
     _input_transform_fwd,
     _output_transform_bwd,
@@ -299,11 +308,18 @@ from .threads import num_threads, one_blas_thread, run as _run, split as _split 
 
 
 class _Workspace:
-    """Per-thread V and M buffers, grown on demand and reused across calls."""
+    """Per-thread V and M buffers (and a block of transformed weights), grown on demand and
+    reused across calls."""
 
     def __init__(self):
         self.buf = np.empty(0, np.float32)
+        self.ubuf = np.empty(0, np.float32)
         self.cand = None
+
+    def ublock(self, n):
+        if self.ubuf.size < n:
+            self.ubuf = np.empty(n, np.float32)
+        return self.ubuf[:n]
 
     def get(self, n):
         if self.buf.size < n:
@@ -338,7 +354,87 @@ def _buffer_size(cin, cout, T):
     return 36 * (cin * T + cout * T + 2 * ROW_PAD)
 
 
-def _band(x, mask, extra, pooled, U, b, relu, y, ti0, ti1, tw, backward, W):
+# ---------------------------------------------------------------- the 36 products
+# Weights either as U (36, Cout, Cin), made once and kept (the default: fastest), or as w9
+# (9, Cout, Cin), the 3x3 taps as rows, from which the products make U block by block as they
+# go (MINIVGG_WINOGRAD_WEIGHTS=stream: a quarter of U's memory, ~7% slower at 256x256). With
+# w9 the products go by rows i of the 6x6 transformed tile: the six positions 6i..6i+5 share
+# the first half of the weight transform (row i of G W), their six V[xi] stay in L2 while
+# blocks of U's rows are made and used at once (docs/winograd.md has the measurements).
+UBLOCK_BYTES = 3 << 19
+
+
+def _streamed(wt):
+    return wt.shape[0] == 9
+
+
+@njit(nogil=True, cache=True)
+def _products_fwd(w9, Vg, Mg, i0, i1, o0, o1, rb, ub):
+    """M[xi][o] = U[xi][o] @ V[xi] for xi in 6 i0 .. 6 i1 - 1, o in o0..o1-1."""
+    K = w9.shape[2]
+    for a in range(o0, o1, rb):
+        e = min(o1, a + rb)
+        for i in range(i0, i1):
+            U6 = ub[: 6 * (e - a) * K].reshape(6, e - a, K)
+            _weight_rows(w9, i, a, e, 0, K, U6)
+            gemm._gemm3(U6, Vg[6 * i : 6 * i + 6], Mg[6 * i : 6 * i + 6, a:e], False)
+
+
+@njit(nogil=True, cache=True)
+def _products_bwd(w9, Vg, Mg, i0, i1, c0, c1, rb, ub):
+    """M[xi][c] = U[xi][:, c]^T @ V[xi] for xi in 6 i0 .. 6 i1 - 1, c in c0..c1-1, summed
+    over blocks of rb of the K axis (the convolution's output channels)."""
+    n = w9.shape[1]
+    C = c1 - c0
+    for a in range(0, n, rb):
+        e = min(n, a + rb)
+        for i in range(i0, i1):
+            U6 = ub[: 6 * (e - a) * C].reshape(6, e - a, C)
+            _weight_rows(w9, i, a, e, c0, c1, U6)
+            gemm._gemm3(U6.transpose(0, 2, 1), Vg[6 * i : 6 * i + 6, a:e], Mg[6 * i : 6 * i + 6, c0:c1], a > 0)
+
+
+def _products_streamed(w9, backward, Vg, Mg, i0, i1, r0, r1):
+    """Rows r0..r1-1 of the products of positions 6 i0 .. 6 i1 - 1 from w9 (rows: the output
+    channels, or in the backward the convolution's input channels)."""
+    k = w9.shape[1] if backward else w9.shape[2]
+    cols = r1 - r0 if backward else k
+    rb = max(gemm.MR, UBLOCK_BYTES // (6 * 4 * cols) // gemm.MR * gemm.MR)
+    ub = _workspace().ublock(6 * rb * cols)
+    if gemm.available():
+        (_products_bwd if backward else _products_fwd)(w9, Vg, Mg, i0, i1, r0, r1, rb, ub)
+        return
+    for i in range(i0, i1):  # numpy's BLAS (no AVX-512): the same blocks
+        xs = slice(6 * i, 6 * i + 6)
+        for a in range(0, k, rb) if backward else range(r0, r1, rb):
+            e = min(k if backward else r1, a + rb)
+            U6 = ub[: 6 * (e - a) * cols].reshape(6, e - a, cols)
+            if backward:
+                _weight_rows(w9, i, a, e, r0, r1, U6)
+                part = np.matmul(U6.transpose(0, 2, 1), Vg[xs, a:e])
+                if a == 0:
+                    Mg[xs, r0:r1] = part
+                else:
+                    Mg[xs, r0:r1] += part
+            else:
+                _weight_rows(w9, i, a, e, 0, k, U6)
+                Mg[xs, a:e] = np.matmul(U6, Vg[xs])
+
+
+def _product_calls(wt, backward, Vg, Mg, nthreads):
+    """The products split over threads, as calls for threads.run. Kept U: by positions.
+    w9: by rows i of the tile when the threads divide 6, else (i, row chunk) pieces."""
+    if not _streamed(wt):
+        Ug = wt.transpose(0, 2, 1) if backward else wt
+        return [(gemm.matmul, Ug[k0:k1], Vg[k0:k1], Mg[k0:k1]) for k0, k1 in _split(36, nthreads)]
+    rows = Mg.shape[1]
+    if 6 % nthreads == 0:
+        return [(_products_streamed, wt, backward, Vg, Mg, i0, i1, 0, rows) for i0, i1 in _split(6, nthreads)]
+    chunks = nthreads // math.gcd(6, nthreads)
+    return [(_products_streamed, wt, backward, Vg, Mg, i, i + 1, a, b) for i in range(6) for a, b in _split(rows, chunks)]
+
+
+def _band(x, mask, extra, pooled, wt, b, relu, y, ti0, ti1, tw, backward, W):
     """The whole pipeline on tile rows ti0..ti1-1 of one image, in this thread."""
     fin = _KERNELS[backward][0]
     cin = x.shape[0]
@@ -346,16 +442,19 @@ def _band(x, mask, extra, pooled, U, b, relu, y, ti0, ti1, tw, backward, W):
     T = (ti1 - ti0) * tw
     V, M, Vg, Mg = _buffers(_workspace().get(_buffer_size(cin, cout, T)), cin, cout, T)
     fin(x, mask, extra, pooled, 0, cin, ti0, ti1, tw, V)
-    gemm.matmul(U, Vg, Mg)
+    if _streamed(wt):
+        _products_streamed(wt, backward, Vg, Mg, 0, 6, 0, cout)
+    else:
+        gemm.matmul(wt.transpose(0, 2, 1) if backward else wt, Vg, Mg)
     _output(M, b, relu, 0, cout, ti0, ti1, tw, y, backward, x, W)
 
 
-def _whole(x, mask, extra, pooled, U, b, relu, y, th, tw, nthreads, bufs, backward, W):
+def _whole(x, mask, extra, pooled, wt, b, relu, y, th, tw, nthreads, bufs, backward, W):
     """One image, all tiles at once, each stage split over the threads (for small maps)."""
     fin = _KERNELS[backward][0]
     V, M, Vg, Mg = bufs
     _run([(fin, x, mask, extra, pooled, c0, c1, 0, th, tw, V) for c0, c1 in _split(x.shape[0], nthreads)], nthreads)
-    _run([(gemm.matmul, U[k0:k1], Vg[k0:k1], Mg[k0:k1]) for k0, k1 in _split(36, nthreads)], nthreads)
+    _run(_product_calls(wt, backward, Vg, Mg, nthreads), nthreads)
     _run([(_output, M, b, relu, o0, o1, 0, th, tw, y, backward, x, W) for o0, o1 in _split(y.shape[0], nthreads)], nthreads)
 
 
@@ -381,6 +480,7 @@ _NO_MASK = np.empty((0, 0, 0), np.float32)
 
 
 def _conv(x, U, b, relu, mask, out, threads, backward, W=None, extra=None, pooled=False):
+    """U: transform_weights(W) (36, Cout, Cin), or gather_weights(W) (9, Cout, Cin)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, cin, H, Wd = x.shape
     if pooled:  # x is a 2x2 average pool's output gradient: the map is mask's
@@ -388,10 +488,12 @@ def _conv(x, U, b, relu, mask, out, threads, backward, W=None, extra=None, poole
             raise ValueError("pooled needs a mask whose 2x2 pooling has the shape of the input")
         H, Wd = mask.shape[2], mask.shape[3]
     # forward: M[xi] = U[xi] @ V[xi]; backward: M[xi] = U[xi]^T @ V[xi] (U read in place, no copy)
-    Ug = U.transpose(0, 2, 1) if backward else U
-    cout = Ug.shape[1]
-    if Ug.shape[2] != cin:
-        raise ValueError(f"weights for {Ug.shape[2]} input channels, input has {cin}")
+    if U.ndim != 3 or U.shape[0] not in (9, 36):
+        raise ValueError(f"weights of shape {U.shape}: need transform_weights(W) or gather_weights(W)")
+    U = np.ascontiguousarray(U, dtype=np.float32)
+    cout, k = (U.shape[2], U.shape[1]) if backward else (U.shape[1], U.shape[2])
+    if k != cin:
+        raise ValueError(f"weights for {k} input channels, input has {cin}")
     b = np.zeros(cout, np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32)
     if mask is not None:
         mask = np.ascontiguousarray(mask, dtype=np.float32)
@@ -411,9 +513,9 @@ def _conv(x, U, b, relu, mask, out, threads, backward, W=None, extra=None, poole
     with one_blas_thread():
         if nthreads == 1:
             for i, r0, r1 in bands:
-                _band(x[i], masks[i], extras[i], pooled, Ug, b, relu, y[i], r0, r1, tw, backward, W)
+                _band(x[i], masks[i], extras[i], pooled, U, b, relu, y[i], r0, r1, tw, backward, W)
         elif len(bands) >= 2 * nthreads:
-            _run([(_band, x[i], masks[i], extras[i], pooled, Ug, b, relu, y[i], r0, r1, tw, backward, W) for i, r0, r1 in bands], nthreads)
+            _run([(_band, x[i], masks[i], extras[i], pooled, U, b, relu, y[i], r0, r1, tw, backward, W) for i, r0, r1 in bands], nthreads)
         else:
             T = th * tw
             # the calling thread's workspace (not a pool thread's), reused to spare page
@@ -423,7 +525,7 @@ def _conv(x, U, b, relu, mask, out, threads, backward, W=None, extra=None, poole
             buf = _workspace().get(size) if 4 * size <= KEEP_BYTES else np.empty(size, np.float32)
             bufs = _buffers(buf, cin, cout, T)
             for i in range(n):
-                _whole(x[i], masks[i], extras[i], pooled, Ug, b, relu, y[i], th, tw, nthreads, bufs, backward, W)
+                _whole(x[i], masks[i], extras[i], pooled, U, b, relu, y[i], th, tw, nthreads, bufs, backward, W)
     return y
 
 

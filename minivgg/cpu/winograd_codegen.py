@@ -37,6 +37,11 @@ _output_transform_<alg>(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand) -> n
     relu), cropped to the image. With krel > 0, the (o, row, col) of outputs smaller than
     krel times the RMS of their channel's 4-row strip go to cand (the first cand.shape[0]
     of them; n counts all), for winograd.py to recompute exactly.
+_weight_rows(w9, i, o0, o1, c0, c1, U)
+    U[j, o - o0, c - c0] = (G W[o, c] G^T)[i, j] for j = 0..5: row i of the transformed
+    weights (6 of the 36 positions) of output channels o0..o1-1 and input channels c0..c1-1,
+    from w9[3a + b, o, c] = W[o, c, a, b], in float32 (2e-7 of the float64
+    transform_weights); for the products that make U as they go (MINIVGG_WINOGRAD_WEIGHTS).
 
 Every loop stores to compile-time row indices of arrays allocated here, so that LLVM
 vectorises it; the results are copied out with one-stream loops. Every index inside a
@@ -216,14 +221,45 @@ def _output_transform_{alg}(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand):
 '''
 
 
-def _const_name(v):
+WEIGHT_TEMPLATE = """
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _weight_rows(w9, i, o0, o1, c0, c1, U):
+    K = c1 - c0
+    t = np.empty((3, K), np.float32)  # t[b] = (G W[o])[i, b]
+    for o in range(o0, o1):
+        oo = o - o0
+        w0 = w9[0, o, c0:c1]
+        w1 = w9[1, o, c0:c1]
+        w2 = w9[2, o, c0:c1]
+        w3 = w9[3, o, c0:c1]
+        w4 = w9[4, o, c0:c1]
+        w5 = w9[5, o, c0:c1]
+        w6 = w9[6, o, c0:c1]
+        w7 = w9[7, o, c0:c1]
+        w8 = w9[8, o, c0:c1]
+        # G's row i down the three columns of the kernels
+{vertical}
+        # G along the row: U[j] = sum_b G[j, b] t[b] (six streams from one local array,
+        # which LLVM vectorises)
+        for q in range(K):
+            a0 = t[0, q]
+            a1 = t[1, q]
+            a2 = t[2, q]
+{horizontal}
+"""
+
+
+def _const_name(v, exact=True):
+    """_K<num>_<den>; exact: the value must be a float32 (the data's and the output's
+    transforms are exact in float32; G's 1/3 and 1/15 are not, and are rounded)."""
     f = Fraction(float(v)).limit_denominator(1 << 12)
-    assert float(f) == float(np.float32(v)), f"{v} is not exact in float32"
+    assert not exact or float(f) == float(np.float32(v)), f"{v} is not exact in float32"
     s = f"{abs(f.numerator)}" + (f"_{f.denominator}" if f.denominator != 1 else "")
     return "_K" + s
 
 
-def _combination(coeffs, var, consts, extra=""):
+def _combination(coeffs, var, consts, extra="", exact=True):
     """'a*v0 + b*v1 ...' for the nonzero coefficients, float32 literals by name."""
     terms = []
     for i, c in enumerate(coeffs):
@@ -234,7 +270,7 @@ def _combination(coeffs, var, consts, extra=""):
         if mag == 1:
             t = f"{var}{i}"
         else:
-            name = _const_name(mag)
+            name = _const_name(mag, exact)
             consts[name] = mag
             t = f"{name} * {var}{i}"
         terms.append((sign, t))
@@ -244,8 +280,9 @@ def _combination(coeffs, var, consts, extra=""):
     return s + extra
 
 
-def generate(algorithms):
-    """Source of the kernels module for {name: (BT (6, 6), AT (4, 6))}."""
+def generate(algorithms, G):
+    """Source of the kernels module for {name: (BT (6, 6), AT (4, 6))} and the weights'
+    matrix G (6, 3)."""
     consts = {}
     body = []
     for alg, (BT, AT) in algorithms.items():
@@ -271,6 +308,16 @@ def generate(algorithms):
             f"                    S[r, {s}, j] = {_combination(AT[s], 'm', consts, ' + bias')}" for s in range(4)
         )
         body.append(OUTPUT_TEMPLATE.format(alg=alg, vertical=vert, horizontal=hor))
+    vert = []
+    for i in range(6):
+        vert.append(f"        {'if' if i == 0 else 'elif'} i == {i}:")
+        for b in range(3):
+            vert.append("            for q in range(K):")
+            expr = _combination(G[i], "wx", consts, exact=False)
+            expr = expr.replace("wx0", f"w{b}[q]").replace("wx1", f"w{3 + b}[q]").replace("wx2", f"w{6 + b}[q]")
+            vert.append(f"                t[{b}, q] = {expr}")
+    hor = [f"            U[{j}, oo, q] = {_combination(G[j], 'a', consts, exact=False)}" for j in range(6)]
+    body.append(WEIGHT_TEMPLATE.format(vertical="\n".join(vert), horizontal="\n".join(hor)))
     const_lines = "".join(f"{n} = np.float32({float(v)!r})\n" for n, v in sorted(consts.items()))
     return HEADER + const_lines + "".join(body)
 
@@ -279,7 +326,7 @@ def main():
     from . import winograd
 
     path = os.path.join(os.path.dirname(__file__), "winograd_kernels.py")
-    src = generate(winograd.ALGORITHMS)
+    src = generate(winograd.ALGORITHMS, winograd.G)
     with open(path, "w") as f:
         f.write(src)
     print(f"wrote {path}")

@@ -18,6 +18,11 @@ _output_transform_<alg>(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand) -> n
     relu), cropped to the image. With krel > 0, the (o, row, col) of outputs smaller than
     krel times the RMS of their channel's 4-row strip go to cand (the first cand.shape[0]
     of them; n counts all), for winograd.py to recompute exactly.
+_weight_rows(w9, i, o0, o1, c0, c1, U)
+    U[j, o - o0, c - c0] = (G W[o, c] G^T)[i, j] for j = 0..5: row i of the transformed
+    weights (6 of the 36 positions) of output channels o0..o1-1 and input channels c0..c1-1,
+    from w9[3a + b, o, c] = W[o, c, a, b], in float32 (2e-7 of the float64
+    transform_weights); for the products that make U as they go (MINIVGG_WINOGRAD_WEIGHTS).
 
 Every loop stores to compile-time row indices of arrays allocated here, so that LLVM
 vectorises it; the results are copied out with one-stream loops. Every index inside a
@@ -36,14 +41,20 @@ from .simd import _deinterleave4, _interleave4, _repeat2
 _0 = np.float32(0.0)
 _1 = np.float32(1.0)
 _QUARTER = np.float32(0.25)
+_K16_15 = np.float32(1.0666666666666667)
+_K1_15 = np.float32(0.06666666666666667)
 _K1_2 = np.float32(0.5)
+_K1_3 = np.float32(0.3333333333333333)
 _K1_4 = np.float32(0.25)
 _K1_8 = np.float32(0.125)
 _K2 = np.float32(2.0)
+_K2_15 = np.float32(0.13333333333333333)
 _K3_2 = np.float32(1.5)
 _K4 = np.float32(4.0)
+_K4_15 = np.float32(0.26666666666666666)
 _K5_2 = np.float32(2.5)
 _K8 = np.float32(8.0)
+_K8_15 = np.float32(0.5333333333333333)
 
 
 @njit(nogil=True, fastmath=True, cache=True)
@@ -600,3 +611,75 @@ def _output_transform_bwd(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand):
                 for q in range(Wd):
                     yr[q] = out[q]
     return n
+
+
+@njit(nogil=True, fastmath=True, cache=True)
+def _weight_rows(w9, i, o0, o1, c0, c1, U):
+    K = c1 - c0
+    t = np.empty((3, K), np.float32)  # t[b] = (G W[o])[i, b]
+    for o in range(o0, o1):
+        oo = o - o0
+        w0 = w9[0, o, c0:c1]
+        w1 = w9[1, o, c0:c1]
+        w2 = w9[2, o, c0:c1]
+        w3 = w9[3, o, c0:c1]
+        w4 = w9[4, o, c0:c1]
+        w5 = w9[5, o, c0:c1]
+        w6 = w9[6, o, c0:c1]
+        w7 = w9[7, o, c0:c1]
+        w8 = w9[8, o, c0:c1]
+        # G's row i down the three columns of the kernels
+        if i == 0:
+            for q in range(K):
+                t[0, q] = w0[q]
+            for q in range(K):
+                t[1, q] = w1[q]
+            for q in range(K):
+                t[2, q] = w2[q]
+        elif i == 1:
+            for q in range(K):
+                t[0, q] = _K1_3 * w0[q] + _K1_3 * w3[q] + _K1_3 * w6[q]
+            for q in range(K):
+                t[1, q] = _K1_3 * w1[q] + _K1_3 * w4[q] + _K1_3 * w7[q]
+            for q in range(K):
+                t[2, q] = _K1_3 * w2[q] + _K1_3 * w5[q] + _K1_3 * w8[q]
+        elif i == 2:
+            for q in range(K):
+                t[0, q] = -_K1_3 * w0[q] + _K1_3 * w3[q] - _K1_3 * w6[q]
+            for q in range(K):
+                t[1, q] = -_K1_3 * w1[q] + _K1_3 * w4[q] - _K1_3 * w7[q]
+            for q in range(K):
+                t[2, q] = -_K1_3 * w2[q] + _K1_3 * w5[q] - _K1_3 * w8[q]
+        elif i == 3:
+            for q in range(K):
+                t[0, q] = -_K16_15 * w0[q] - _K8_15 * w3[q] - _K4_15 * w6[q]
+            for q in range(K):
+                t[1, q] = -_K16_15 * w1[q] - _K8_15 * w4[q] - _K4_15 * w7[q]
+            for q in range(K):
+                t[2, q] = -_K16_15 * w2[q] - _K8_15 * w5[q] - _K4_15 * w8[q]
+        elif i == 4:
+            for q in range(K):
+                t[0, q] = _K1_15 * w0[q] - _K2_15 * w3[q] + _K4_15 * w6[q]
+            for q in range(K):
+                t[1, q] = _K1_15 * w1[q] - _K2_15 * w4[q] + _K4_15 * w7[q]
+            for q in range(K):
+                t[2, q] = _K1_15 * w2[q] - _K2_15 * w5[q] + _K4_15 * w8[q]
+        elif i == 5:
+            for q in range(K):
+                t[0, q] = w6[q]
+            for q in range(K):
+                t[1, q] = w7[q]
+            for q in range(K):
+                t[2, q] = w8[q]
+        # G along the row: U[j] = sum_b G[j, b] t[b] (six streams from one local array,
+        # which LLVM vectorises)
+        for q in range(K):
+            a0 = t[0, q]
+            a1 = t[1, q]
+            a2 = t[2, q]
+            U[0, oo, q] = a0
+            U[1, oo, q] = _K1_3 * a0 + _K1_3 * a1 + _K1_3 * a2
+            U[2, oo, q] = -_K1_3 * a0 + _K1_3 * a1 - _K1_3 * a2
+            U[3, oo, q] = -_K16_15 * a0 - _K8_15 * a1 - _K4_15 * a2
+            U[4, oo, q] = _K1_15 * a0 - _K2_15 * a1 + _K4_15 * a2
+            U[5, oo, q] = a2
