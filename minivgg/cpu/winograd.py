@@ -357,7 +357,7 @@ def _buffer_size(cin, cout, T):
 # ---------------------------------------------------------------- the 36 products
 # Weights either as U (36, Cout, Cin), made once and kept (the default: fastest), or as w9
 # (9, Cout, Cin), the 3x3 taps as rows, from which the products make U block by block as they
-# go (MINIVGG_WINOGRAD_WEIGHTS=stream: a quarter of U's memory, ~7% slower at 256x256). With
+# go (MINIVGG_WINOGRAD_WEIGHTS=stream: a quarter of U's memory, ~5% slower at 256x256). With
 # w9 the products go by rows i of the 6x6 transformed tile: the six positions 6i..6i+5 share
 # the first half of the weight transform (row i of G W), their six V[xi] stay in L2 while
 # blocks of U's rows are made and used at once (docs/winograd.md has the measurements).
@@ -532,7 +532,8 @@ def _conv(x, U, b, relu, mask, out, threads, backward, W=None, extra=None, poole
 def conv3x3_forward(x, U, b, relu=False, mask=None, out=None, threads=None, W=None):
     """y = conv2d(x, W, b, stride 1, pad 1) (then ReLU when relu), U = transform_weights(W).
 
-    x (N, Cin, H, W) float32; U (36, Cout, Cin) float32; b (Cout,) float32 or None.
+    x (N, Cin, H, W) float32; U (36, Cout, Cin) float32, or gather_weights(W) (9, Cout, Cin)
+    for products that make U as they go; b (Cout,) float32 or None.
     mask (N, Cin, H, W) or None: convolve x * (mask > 0) instead of x.
     W (Cout, Cin, 3, 3) or None: when given (and no mask), outputs near zero are recomputed
     exactly from it (REFINE_BELOW), so that ReLU signs are as reliable as im2col's.
@@ -547,7 +548,8 @@ def conv3x3_forward(x, U, b, relu=False, mask=None, out=None, threads=None, W=No
 
 
 def conv3x3_backward_input(dy, U, mask=None, out=None, threads=None, extra=None, pooled=False):
-    """dx of y = conv2d(x, W, ., stride 1, pad 1) given dy, from the forward U = transform_weights(W).
+    """dx of y = conv2d(x, W, ., stride 1, pad 1) given dy, from the forward U = transform_weights(W)
+    (or gather_weights(W), as in conv3x3_forward).
 
     dy (N, Cout, H, W) float32 -> dx (N, Cin, H, W). mask (N, Cout, H, W) or None: use
     dy * (mask > 0), i.e. the backward of a ReLU whose output is mask, fused in.
