@@ -51,7 +51,7 @@ def _winograd_weights(state, W):
     """The layer's weights for the Winograd path, made once and kept in its state dict: the
     transformed weights U (36, Cout, Cin), or with ``MINIVGG_WINOGRAD_WEIGHTS=stream`` the
     3x3 taps as rows (9, Cout, Cin), from which the products make U as they go (a quarter of
-    the memory, ~7% slower at 256x256; docs/winograd.md)."""
+    the memory, ~5% slower at 256x256; docs/winograd.md)."""
     stream = os.environ.get("MINIVGG_WINOGRAD_WEIGHTS", "").lower() == "stream"
     key = "winograd9" if stream else "winograd"
     U = state.get(key)
@@ -192,14 +192,14 @@ def relu_conv2d_backward(dy, y, cache, extra=None, pooled=False):
 
     pooled: dy is the gradient at the output of a 2x2 stride-2 average pool of y (VGG's
     pooling after a block's last ReLU); the pool's backward is folded into the same input
-    transform, so its full-size output is never written (~2 ms an iteration at 256x256)."""
+    transform, so its full-size output is never made (peak -65 MB at 512x512)."""
     x, W, stride, pad, state = cache
     winograd_ok = dy.dtype == np.float32 and _winograd_applies(x, W, stride, pad, W.shape[0])
-    if pooled and not (winograd_ok and y.dtype == np.float32):
+    extra_fits = extra is None or (extra.shape == y.shape and extra.dtype == dy.dtype)
+    if pooled and not (winograd_ok and y.dtype == np.float32 and extra_fits):
         dy, pooled = avg_pool2d_backward(dy, y.shape, 2, 2), False
-    if extra is not None and (extra.shape != y.shape or extra.dtype != dy.dtype):
-        dy, extra = (avg_pool2d_backward(dy, y.shape, 2, 2) if pooled else dy) + extra, None
-        pooled = False
+    if not extra_fits:
+        dy, extra = dy + extra, None
     if winograd_ok:
         U = _winograd_weights(state, W)
         return winograd.conv3x3_backward_input(dy, U, mask=y, extra=extra, pooled=pooled)

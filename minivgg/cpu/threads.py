@@ -179,10 +179,7 @@ def gram(F):
         return matmul(F, F.transpose(0, 2, 1))
     G = np.empty((F.shape[0], F.shape[1], F.shape[1]), np.float32)
     t = max(1, min(num_threads(), -(-F.shape[1] // _gemm.MRG)))
-    if t == 1:
-        _gram_share(0, 1, F, G)
-    else:
-        run([(_gram_share, k, t, F, G) for k in range(t)], threads=t)
+    run([(_gram_share, k, t, F, G) for k in range(t)], threads=t)
     for i in range(G.shape[0]):
         _gemm._mirror(G[i])
     return G

@@ -442,10 +442,7 @@ def _band(x, mask, extra, pooled, wt, b, relu, y, ti0, ti1, tw, backward, W):
     T = (ti1 - ti0) * tw
     V, M, Vg, Mg = _buffers(_workspace().get(_buffer_size(cin, cout, T)), cin, cout, T)
     fin(x, mask, extra, pooled, 0, cin, ti0, ti1, tw, V)
-    if _streamed(wt):
-        _products_streamed(wt, backward, Vg, Mg, 0, 6, 0, cout)
-    else:
-        gemm.matmul(wt.transpose(0, 2, 1) if backward else wt, Vg, Mg)
+    _run(_product_calls(wt, backward, Vg, Mg, 1), 1)  # all 36 products, in this thread
     _output(M, b, relu, 0, cout, ti0, ti1, tw, y, backward, x, W)
 
 
