@@ -60,6 +60,7 @@ from .simd import _deinterleave4, _interleave4, _repeat2
 _0 = np.float32(0.0)
 _1 = np.float32(1.0)
 _QUARTER = np.float32(0.25)
+CHUNK_TILES = 128  # tiles per run of the transforms (R, S or P, Q, O in L1)
 '''
 
 INPUT_TEMPLATE = '''
@@ -71,10 +72,14 @@ def _input_transform_{alg}(x, mask, extra, pooled, c0, c1, ti0, ti1, tw, V):
     masked = mask.size > 0 and (pooled or mask.size == x.size)
     added = masked and extra.size == mask.size
     n4 = tw + 1
-    P = np.zeros((6, 4, n4), np.float32)  # P[m, ph, j] = padded row m at column 4j + ph
-    Pf = P.reshape(6 * 4 * n4)
-    Q = np.empty((6, 4, n4), np.float32)
-    O = np.empty((36, tw), np.float32)
+    # several tile rows of a channel as one run (small maps: a row is 4 - 16 tiles, and
+    # loops that short cost 3 - 5x per tile); tile row ti0 + tl's n4 columns of 4 at tl * n4
+    cr = max(1, min(ti1 - ti0, CHUNK_TILES // n4))
+    Lp = cr * n4
+    P = np.zeros((6, 4, Lp), np.float32)  # P[m, ph, tl * n4 + j] = padded row m of tile row tl at column 4j + ph
+    Pf = P.reshape(6 * 4 * Lp)
+    Q = np.empty((6, 4, Lp), np.float32)
+    O = np.empty((36, (Lp + 15) // 16 * 16), np.float32)  # rows on 64-byte boundaries
     row = np.zeros(4 * n4, np.float32)  # row[q] = x[c, r, q - 1], zero outside
     inner = row[1 : Wd + 1]
     T = (ti1 - ti0) * tw
@@ -82,17 +87,28 @@ def _input_transform_{alg}(x, mask, extra, pooled, c0, c1, ti0, ti1, tw, V):
     rlo = max(0, 4 * ti0 - 1)
     rhi = min(H, 4 * ti1 + 1)
     buf = np.empty((max(1, rhi - rlo), Wd), np.float32)
+    bflat = buf.reshape(buf.size)
     Hp = x.shape[1] if pooled else 0
     Wp = x.shape[2] if pooled else 0
     up = np.zeros(Wd, np.float32)  # pooled: a row of the pool's backward
     zero = np.zeros(Wd, np.float32)
     for c in range(c0, c1):
         src = x[c]
-        if masked:
+        if masked and not pooled:
+            # the rows are one run of x[c] (C-contiguous)
+            nf = (rhi - rlo) * Wd
+            xs = src.reshape(H * Wd)[rlo * Wd : rlo * Wd + nf]
+            ms = mask[c].reshape(H * Wd)[rlo * Wd : rlo * Wd + nf]
+            if added:
+                es = extra[c].reshape(H * Wd)[rlo * Wd : rlo * Wd + nf]
+                for q in range(nf):
+                    bflat[q] = xs[q] + es[q] if ms[q] > _0 else _0
+            else:
+                for q in range(nf):
+                    bflat[q] = xs[q] if ms[q] > _0 else _0
+        elif masked:
             for r in range(rlo, rhi):
-                if not pooled:
-                    xr = x[c, r]
-                elif r < 2 * Hp:
+                if r < 2 * Hp:
                     _repeat2(x[c, r // 2], 0, up, 0, Wp, _QUARTER)
                     xr = up
                 else:
@@ -106,23 +122,27 @@ def _input_transform_{alg}(x, mask, extra, pooled, c0, c1, ti0, ti1, tw, V):
                 else:
                     for q in range(Wd):
                         br[q] = xr[q] if mr[q] > _0 else _0
-        for ti in range(ti0, ti1):
-            r0 = 4 * ti - 1
-            for m in range(6):
-                r = r0 + m
-                Pm = P[m]
-                if r >= 0 and r < H:
-                    xr = buf[r - rlo] if masked else src[r]
-                    for q in range(Wd):
-                        inner[q] = xr[q]
-                    _deinterleave4(row, 0, Pf, m * 4 * n4, n4, n4)
-                else:
-                    for ph in range(4):
-                        for j in range(n4):
-                            Pm[ph, j] = _0
+        for k0 in range(ti0, ti1, cr):
+            k1 = min(ti1, k0 + cr)
+            nq = (k1 - k0) * n4
+            for ti in range(k0, k1):
+                r0 = 4 * ti - 1
+                p0 = (ti - k0) * n4
+                for m in range(6):
+                    r = r0 + m
+                    if r >= 0 and r < H:
+                        xr = buf[r - rlo] if masked else src[r]
+                        for q in range(Wd):
+                            inner[q] = xr[q]
+                        _deinterleave4(row, 0, Pf, m * 4 * Lp + p0, Lp, n4)
+                    else:
+                        for ph in range(4):
+                            Pz = P[m, ph, p0 : p0 + n4]
+                            for j in range(n4):
+                                Pz[j] = _0
             # B^T down each column of the tile rows
             for ph in range(4):
-                for j in range(n4):
+                for j in range(nq):
                     d0 = P[0, ph, j]
                     d1 = P[1, ph, j]
                     d2 = P[2, ph, j]
@@ -131,13 +151,16 @@ def _input_transform_{alg}(x, mask, extra, pooled, c0, c1, ti0, ti1, tw, V):
                     d5 = P[5, ph, j]
 {vertical}
             # B along each row: d0..d5 of tile j are phases 0..3 of j and 0..1 of j + 1
+            # (past a tile row's last tile: the next row's first, never copied out)
 {horizontal}
-            base = c * T + (ti - ti0) * tw
+            base = c * T + (k0 - ti0) * tw
             for xi in range(36):
-                Vr = V[xi, base : base + tw]
                 Or = O[xi]
-                for j in range(tw):
-                    Vr[j] = Or[j]
+                for tl in range(k1 - k0):
+                    Vr = V[xi, base + tl * tw : base + tl * tw + tw]
+                    Os = Or[tl * n4 : tl * n4 + tw]
+                    for j in range(tw):
+                        Vr[j] = Os[j]
 '''
 
 OUTPUT_TEMPLATE = '''
@@ -148,24 +171,32 @@ def _output_transform_{alg}(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand):
     n = 0
     H = y.shape[1]
     Wd = y.shape[2]
-    R = np.empty((4, 6, tw), np.float32)
-    S = np.empty((4, 4, tw), np.float32)
-    Sf = S.reshape(16 * tw)
-    out = np.empty(4 * tw, np.float32)
     T = (ti1 - ti0) * tw
+    # several tile rows of a channel as one run of tiles (small maps: a row is 4 - 16
+    # tiles, and loops that short cost 3 - 5x per tile; docs/winograd.md)
+    cr = max(1, min(ti1 - ti0, CHUNK_TILES // tw))
+    L = cr * tw
+    R = np.empty((4, 6, L), np.float32)
+    S = np.empty((4, 4, L), np.float32)
+    Sf = S.reshape(16 * L)
+    sq = np.empty(L, np.float32)
+    mn = np.empty(L, np.float32)
+    out = np.empty(4 * tw, np.float32)
     for o in range(o0, o1):
         bias = b[o]
-        for ti in range(ti0, ti1):
-            t0 = o * T + (ti - ti0) * tw
-            # A^T down each column l of the 6x6 tiles: R[r, l, j]
+        for c0 in range(ti0, ti1, cr):
+            c1 = min(ti1, c0 + cr)
+            nt = (c1 - c0) * tw
+            t0 = o * T + (c0 - ti0) * tw
+            # A^T down each column l of the 6x6 tiles: R[r, l, k], k = the chunk's tile
             for l in range(6):
-                v0 = M[l, t0 : t0 + tw]
-                v1 = M[6 + l, t0 : t0 + tw]
-                v2 = M[12 + l, t0 : t0 + tw]
-                v3 = M[18 + l, t0 : t0 + tw]
-                v4 = M[24 + l, t0 : t0 + tw]
-                v5 = M[30 + l, t0 : t0 + tw]
-                for j in range(tw):
+                v0 = M[l, t0 : t0 + nt]
+                v1 = M[6 + l, t0 : t0 + nt]
+                v2 = M[12 + l, t0 : t0 + nt]
+                v3 = M[18 + l, t0 : t0 + nt]
+                v4 = M[24 + l, t0 : t0 + nt]
+                v5 = M[30 + l, t0 : t0 + nt]
+                for j in range(nt):
                     m0 = v0[j]
                     m1 = v1[j]
                     m2 = v2[j]
@@ -173,9 +204,9 @@ def _output_transform_{alg}(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand):
                     m4 = v4[j]
                     m5 = v5[j]
 {vertical}
-            # A along each row: S[r, s, j] = output (4ti + r, 4j + s)
+            # A along each row: S[r, s, k] = output (4ti + r, 4tj + s) of tile k = (ti, tj)
             for r in range(4):
-                for j in range(tw):
+                for j in range(nt):
                     m0 = R[r, 0, j]
                     m1 = R[r, 1, j]
                     m2 = R[r, 2, j]
@@ -183,40 +214,53 @@ def _output_transform_{alg}(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand):
                     m4 = R[r, 4, j]
                     m5 = R[r, 5, j]
 {horizontal}
-            nr = min(4, H - 4 * ti)
             if krel > _0:
-                # outputs smaller than krel times this strip's RMS: their sign may be
-                # Winograd's rounding; list them for an exact recomputation. (Sums, not
-                # max/min: numba vectorises float sum reductions, not max/min ones.)
-                # (over the strip's rows as one flat run: 16 loops of tw were mostly loop
-                # overhead at tw = 4 or 8, and this test was ~40% of the forward transform)
-                Sn = Sf[: nr * 4 * tw]
-                ss = _0
-                for q in range(nr * 4 * tw):
-                    v = Sn[q]
-                    ss += v * v
-                t2 = krel * krel * ss / np.float32(nr * 4 * tw)
-                cnt = _0
-                for q in range(nr * 4 * tw):
-                    v = Sn[q]
-                    cnt += _1 if v * v < t2 else _0
-                if cnt > _0:
-                    for r in range(nr):
-                        for s in range(4):
-                            Srs = S[r, s]
-                            for j in range(tw):
-                                v = Srs[j]
-                                if v * v < t2 and 4 * j + s < Wd:
-                                    if n < cap:
-                                        cand[n, 0] = o
-                                        cand[n, 1] = 4 * ti + r
-                                        cand[n, 2] = 4 * j + s
-                                    n += 1
-            for r in range(nr):
-                _interleave4(Sf, r * 4 * tw, tw, out, 0, tw, relu)
-                yr = y[o, 4 * ti + r]
-                for q in range(Wd):
-                    yr[q] = out[q]
+                # outputs smaller than krel times their 4-row strip's RMS: their sign may be
+                # Winograd's rounding; list them for an exact recomputation. Per tile first,
+                # over the chunk as one run: the sum of its 16 squares and the smallest
+                # (sums, not max/min: numba vectorises float sum reductions, not max/min
+                # ones; this element-wise min is no reduction)
+                for j in range(nt):
+{strip}
+            for ti in range(c0, c1):
+                k0 = (ti - c0) * tw
+                nr = min(4, H - 4 * ti)
+                if krel > _0:
+                    ss = _0
+                    cnt = _1
+                    if nr == 4:
+                        sqt = sq[k0 : k0 + tw]
+                        mnt = mn[k0 : k0 + tw]
+                        for j in range(tw):
+                            ss += sqt[j]
+                        t2 = krel * krel * ss / np.float32(16 * tw)
+                        cnt = _0
+                        for j in range(tw):
+                            cnt += _1 if mnt[j] < t2 else _0
+                    else:  # the image's last, partial strip: its rows only
+                        for r in range(nr):
+                            for s in range(4):
+                                Srs = S[r, s, k0 : k0 + tw]
+                                for j in range(tw):
+                                    ss += Srs[j] * Srs[j]
+                        t2 = krel * krel * ss / np.float32(nr * 4 * tw)
+                    if cnt > _0:
+                        for r in range(nr):
+                            for s in range(4):
+                                Srs = S[r, s, k0 : k0 + tw]
+                                for j in range(tw):
+                                    v = Srs[j]
+                                    if v * v < t2 and 4 * j + s < Wd:
+                                        if n < cap:
+                                            cand[n, 0] = o
+                                            cand[n, 1] = 4 * ti + r
+                                            cand[n, 2] = 4 * j + s
+                                        n += 1
+                for r in range(nr):
+                    _interleave4(Sf, r * 4 * L + k0, L, out, 0, tw, relu)
+                    yr = y[o, 4 * ti + r]
+                    for q in range(Wd):
+                        yr[q] = out[q]
     return n
 '''
 
@@ -297,7 +341,7 @@ def generate(algorithms, G):
             hor.append(f"            q3 = Q[{k}, 3]")
             hor.append(f"            q4 = Q[{k}, 0, 1:]")
             hor.append(f"            q5 = Q[{k}, 1, 1:]")
-            hor.append("            for j in range(tw):")
+            hor.append("            for j in range(nq - 1):")
             for m in range(6):
                 hor.append(f"                d{m} = q{m}[j]")
             for l in range(6):
@@ -307,7 +351,19 @@ def generate(algorithms, G):
         hor = "\n".join(
             f"                    S[r, {s}, j] = {_combination(AT[s], 'm', consts, ' + bias')}" for s in range(4)
         )
-        body.append(OUTPUT_TEMPLATE.format(alg=alg, vertical=vert, horizontal=hor))
+        strip = [f"                    e{k} = S[{k // 4}, {k % 4}, j] * S[{k // 4}, {k % 4}, j]" for k in range(16)]
+        strip.append("                    sq[j] = " + " + ".join(f"e{k}" for k in range(16)))
+        low = [f"e{k}" for k in range(16)]
+        while len(low) > 1:  # a balanced tree of selects
+            pairs = [(low[i], low[i + 1]) for i in range(0, len(low) - 1, 2)]
+            nxt = []
+            for a, c in pairs:
+                name = f"n{len(strip)}"
+                strip.append(f"                    {name} = {a} if {a} < {c} else {c}")
+                nxt.append(name)
+            low = nxt + (low[-1:] if len(low) % 2 else [])
+        strip.append(f"                    mn[j] = {low[0]}")
+        body.append(OUTPUT_TEMPLATE.format(alg=alg, vertical=vert, horizontal=hor, strip="\n".join(strip)))
     vert = []
     for i in range(6):
         vert.append(f"        {'if' if i == 0 else 'elif'} i == {i}:")
