@@ -230,7 +230,9 @@ def test_vgg_sized_channels_error_bound():
 
 def test_ops_route_and_fall_back(monkeypatch):
     """ops.conv2d_forward/backward use Winograd where it applies and im2col otherwise,
-    with the same results; MINIVGG_CONV=im2col forces the baseline."""
+    with the same results; MINIVGG_CONV=im2col forces the baseline. (Kept U, the default
+    weights mode, whatever the environment says.)"""
+    monkeypatch.delenv("MINIVGG_WINOGRAD_WEIGHTS", raising=False)
     rng = np.random.default_rng(7)
     x = rng.standard_normal((1, 32, 40, 36)).astype(np.float32)
     W = he_weights(rng, 32, 32)
@@ -300,9 +302,13 @@ def test_streamed_weights_match_kept_ones(monkeypatch, blas):
         winograd.conv3x3_forward(x, U[:10], b)
 
 
-def test_streamed_weights_in_the_net(monkeypatch):
+@pytest.mark.parametrize("pooling", ["avg", "max"])
+def test_streamed_weights_in_the_net(monkeypatch, pooling):
     """MINIVGG_WINOGRAD_WEIGHTS=stream: the layers keep the taps as rows (9, Cout, Cin), no U,
-    and the net's features and gradient agree with the default to float32 rounding."""
+    their W is a view of the taps (the weights held once, the values unchanged), and the
+    net's features and gradient agree with the default to float32 rounding: Winograd layers,
+    im2col layers (conv4_x at 8x8 here, from a contiguous copy) and, with max pooling, the
+    ties recomputed from the strided W."""
     from minivgg import load_vgg
     from minivgg.vgg import random_weights
 
@@ -312,11 +318,18 @@ def test_streamed_weights_in_the_net(monkeypatch):
     out = {}
     for mode in ("keep", "stream"):
         monkeypatch.setenv("MINIVGG_WINOGRAD_WEIGHTS", mode)
-        net = load_vgg("vgg16", weights=params, up_to="relu4_2")
+        net = load_vgg("vgg16", weights=params, up_to="relu4_2", pooling=pooling)
         f = net.forward(x, layers)
         out[mode] = (f, net.backward({l: np.ones_like(v) for l, v in f.items()}))
-        states = [l.state for n, l in net.layers.items() if n.startswith("conv") and l.state]
+        convs = {n: l for n, l in net.layers.items() if n.startswith("conv")}
+        states = [l.state for l in convs.values() if "winograd" in l.state or "winograd9" in l.state]
         assert states and all(("winograd9" in st) == (mode == "stream") and ("winograd" in st) == (mode == "keep") for st in states)
+        for n, l in convs.items():
+            assert np.array_equal(l.W, params[n][0])
+            assert ("winograd9" in l.state and np.shares_memory(l.W, l.state["winograd9"])) == (mode == "stream")
+            assert l.W.flags.c_contiguous == (mode == "keep")
+        if mode == "stream":
+            assert "dense" in convs["conv4_2"].state  # 8x8: im2col, from a contiguous copy
     assert all(st["winograd9"].shape[0] == 9 for st in states)
     for l in layers:
         assert rel(out["stream"][0][l], out["keep"][0][l]) < 1e-5

@@ -47,12 +47,42 @@ def _winograd_applies(x, W, stride, pad, summed_channels):
     )
 
 
+def _stream_weights():
+    return os.environ.get("MINIVGG_WINOGRAD_WEIGHTS", "").lower() == "stream"
+
+
+def layer_weights(W, state):
+    """The array a conv layer keeps as its weights, chosen once when the layer is made.
+
+    With ``MINIVGG_WINOGRAD_WEIGHTS=stream`` a 3x3 float32 layer's taps are gathered into
+    rows (9, Cout, Cin) for the Winograd products (``state["winograd9"]``) and the layer's
+    W becomes a strided view of them, so the weights are held once (VGG-19 to relu5_1: 49
+    MB less). Everything else keeps W as given."""
+    if not (_stream_weights() and isinstance(W, np.ndarray) and W.dtype == np.float32
+            and W.ndim == 4 and W.shape[2:] == (3, 3)):
+        return W
+    w9 = state["winograd9"] = winograd.gather_weights(W)
+    return w9.transpose(1, 2, 0).reshape(W.shape)  # W[o, c, a, e] = w9[3a + e, o, c], no copy
+
+
+def _dense(state, W):
+    """W C-contiguous, for im2col's GEMMs (which read it as (Cout, Cin kh kw)): W itself,
+    or, for the strided view ``layer_weights`` makes, a copy kept in the layer's state
+    (made the first time a map is too small for Winograd)."""
+    if W.flags.c_contiguous:
+        return W
+    d = state.get("dense")
+    if d is None:
+        d = state["dense"] = np.ascontiguousarray(W)
+    return d
+
+
 def _winograd_weights(state, W):
     """The layer's weights for the Winograd path, made once and kept in its state dict: the
     transformed weights U (36, Cout, Cin), or with ``MINIVGG_WINOGRAD_WEIGHTS=stream`` the
     3x3 taps as rows (9, Cout, Cin), from which the products make U as they go (a quarter of
     the memory, ~5% slower at 256x256; docs/winograd.md)."""
-    stream = os.environ.get("MINIVGG_WINOGRAD_WEIGHTS", "").lower() == "stream"
+    stream = _stream_weights()
     key = "winograd9" if stream else "winograd"
     U = state.get(key)
     if U is None:
@@ -69,7 +99,7 @@ def conv2d_forward(x, W, b, stride, pad, state):
     if _winograd_applies(x, W, stride, pad, W.shape[1]):
         U = _winograd_weights(state, W)
         return winograd.conv3x3_forward(x, U, b, W=W), (x, W, stride, pad, state)
-    return _im2col_forward(x, W, b, stride, pad, False), (x, W, stride, pad, state)
+    return _im2col_forward(x, _dense(state, W), b, stride, pad, False), (x, W, stride, pad, state)
 
 
 def _im2col_forward(x, W, b, stride, pad, relu):
@@ -103,7 +133,6 @@ def conv2d_backward(dy, cache, param_grads):
     N, C, H, Wd = x.shape
     Cout, _, kh, kw = W.shape
     Ho, Wo = dy.shape[2], dy.shape[3]
-    W2 = W.reshape(Cout, -1)
     dy2 = dy.reshape(N, Cout, Ho * Wo)
     dtype = np.result_type(dy.dtype, W.dtype)
     if dy.dtype == np.float32 and _winograd_applies(x, W, stride, pad, Cout):  # sums over Cout
@@ -111,7 +140,7 @@ def conv2d_backward(dy, cache, param_grads):
         U = _winograd_weights(state, W)
         dx = winograd.conv3x3_backward_input(dy, U)
     else:
-        dx = _im2col_backward_input(dy, W, stride, pad, x.shape)
+        dx = _im2col_backward_input(dy, _dense(state, W), stride, pad, x.shape)
     if not param_grads:
         return dx, None, None
     dW = np.zeros((Cout, C * kh * kw), dtype=dtype)
@@ -179,7 +208,7 @@ def conv2d_relu_forward(x, W, b, stride, pad, state, pool_ties=False):
         U = _winograd_weights(state, W)
         y = winograd.conv3x3_forward(x, U, b, relu=True, W=W)
     else:
-        y = _im2col_forward(x, W, b, stride, pad, True)
+        y = _im2col_forward(x, _dense(state, W), b, stride, pad, True)
     if pool_ties and y.dtype == np.float32 and W.shape[2:] == (3, 3) and stride == 1 and pad == 1:
         winograd.refine_pool_ties(x, W, b, y)
     return y, (x, W, stride, pad, state)
@@ -203,7 +232,7 @@ def relu_conv2d_backward(dy, y, cache, extra=None, pooled=False):
     if winograd_ok:
         U = _winograd_weights(state, W)
         return winograd.conv3x3_backward_input(dy, U, mask=y, extra=extra, pooled=pooled)
-    return _im2col_backward_input(dy, W, stride, pad, x.shape, mask=y, extra=extra)
+    return _im2col_backward_input(dy, _dense(state, W), stride, pad, x.shape, mask=y, extra=extra)
 
 
 def relu_forward(x):

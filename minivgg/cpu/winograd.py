@@ -281,7 +281,7 @@ def refine_pool_ties(x, W, b, y, threads=None):
     within POOL_TIE_BELOW of the layer's largest output, in place. x (N, Cin, H, W),
     y (N, Cout, H, W) float32."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    W = np.ascontiguousarray(W, dtype=np.float32)
+    W = W if W.dtype == np.float32 else W.astype(np.float32)  # any strides
     b = np.zeros(W.shape[0], np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32)
     nthreads = threads or num_threads()
     for i in range(y.shape[0]):
@@ -539,8 +539,8 @@ def conv3x3_forward(x, U, b, relu=False, mask=None, out=None, threads=None, W=No
     """
     if mask is not None:
         W = None
-    if W is not None:
-        W = np.ascontiguousarray(W, dtype=np.float32)
+    if W is not None and W.dtype != np.float32:  # any strides (a layer's view of its taps)
+        W = W.astype(np.float32)
     return _conv(x, U, b, relu, mask, out, threads, False, W)
 
 

@@ -30,8 +30,10 @@ class Conv2d(Layer):
 
     def __init__(self, W, b, stride=1, pad=1, ops=None):
         super().__init__(ops)
-        self.W, self.b, self.stride, self.pad = W, b, stride, pad
         self.state = {}  # the backend's precomputed data for these weights
+        keep = getattr(self.ops, "layer_weights", None)  # the backend may hold W in its own layout
+        self.W = W if keep is None else keep(W, self.state)
+        self.b, self.stride, self.pad = b, stride, pad
         self.dW = self.db = None
 
     def forward(self, x):
