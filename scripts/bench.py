@@ -6,7 +6,9 @@ relu4_2 relu5_1, the content loss (relu4_2) and the five style losses, and backw
 the image. Each implementation runs in its own worker process (so peak memory is its
 own: VmHWM of the worker; --in-process runs both in this one process instead), and the
 parent interleaves the two: one minivgg iteration, one torch iteration, and so on.
-Prints medians after warm-up, the ratio, and peak RSS. Both nets are built only as deep as
+Prints medians after warm-up, the ratio, peak RSS, and how far the loss and the gradient
+(of the last iteration, max|a - b| / max|b|) are from torch's, and each gradient from
+torch's in float64 (computed once, after the timing and the peaks). Both nets are built only as deep as
 relu5_1 (``load_vgg(up_to=...)``; the torch model is cut there too).
 
     python scripts/bench.py                    # 256 and 512, 7 repeats
@@ -82,13 +84,15 @@ def _minivgg_worker(conn, arch, size, device):
     _serve(conn, _minivgg_step(arch, size, device))
 
 
-def _torch_step(arch, size, device):
+def _torch_step(arch, size, device, double=False):
+    """torch's iteration (float64 throughout when double: the reference for the gradients)."""
     import torch
 
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     from minivgg.vgg import layer_names, random_weights
 
     dev = "cuda" if device == "gpu" else "cpu"
+    dtype = torch.float64 if double else torch.float32
     params = random_weights(arch)
     mods = []
     for name in layer_names(arch):
@@ -103,7 +107,7 @@ def _torch_step(arch, size, device):
         else:
             m = torch.nn.AvgPool2d(2, 2)
         m.requires_grad_(False)
-        mods.append((name, m.to(dev)))
+        mods.append((name, m.to(dev, dtype)))
     last = max(i for i, (n, _) in enumerate(mods) if n in LAYERS)
     mods = mods[: last + 1]
 
@@ -119,7 +123,7 @@ def _torch_step(arch, size, device):
         F = F.reshape(F.shape[1], -1)
         return F @ F.T
 
-    x, t = (torch.from_numpy(a).to(dev) for a in _inputs(size))
+    x, t = (torch.from_numpy(a).to(dev, dtype) for a in _inputs(size))
     with torch.no_grad():
         tf = feats(t)
         targets = {l: gram(tf[l]) for l in STYLE}
@@ -138,6 +142,8 @@ def _torch_step(arch, size, device):
             torch.cuda.synchronize()
         return float(loss.detach()), dx
 
+    if not double:  # the float64 gradient, computed once after the timing (and the peak)
+        step.reference = lambda: _torch_step(arch, size, device, double=True)()[1]
     return step
 
 
@@ -145,15 +151,27 @@ def _torch_worker(conn, arch, size, device):
     _serve(conn, _torch_step(arch, size, device))
 
 
+def _host(dx):
+    """A gradient (numpy, CuPy or torch) as a float64 numpy array."""
+    if hasattr(dx, "detach"):
+        dx = dx.detach().cpu().numpy()
+    elif hasattr(dx, "get"):
+        dx = dx.get()
+    return np.asarray(dx, np.float64)
+
+
 def _serve(conn, step):
     conn.send("ready")
+    dx = None
     while True:
         cmd = conn.recv()
         if cmd == "stop":
-            conn.send(_peak_rss_mb())
+            conn.send((_peak_rss_mb(), _host(dx)))
+            reference = getattr(step, "reference", None)
+            conn.send(None if reference is None else _host(reference()))
             return
         t0 = time.perf_counter()
-        loss, _ = step()
+        loss, dx = step()
         conn.send((time.perf_counter() - t0, float(loss)))
 
 
@@ -163,16 +181,17 @@ def bench_size_in_process(arch, size, repeats, warmup, device, with_torch):
     if with_torch:
         steps["torch"] = _torch_step(arch, size, device)
     times = {n: [] for n in steps}
-    losses = {}
+    losses, grads = {}, {}
     for r in range(warmup + repeats):
         for name, step in steps.items():
             t0 = time.perf_counter()
-            loss, _ = step()
+            loss, dx = step()
             dt = time.perf_counter() - t0
-            losses[name] = float(loss)
+            losses[name], grads[name] = float(loss), dx
             if r >= warmup:
                 times[name].append(dt)
-    return {n: (statistics.median(ts), None, losses[n]) for n, ts in times.items()}
+    ref = _host(steps["torch"].reference()) if with_torch else None
+    return {n: (statistics.median(ts), None, losses[n], _host(grads[n])) for n, ts in times.items()}, ref
 
 
 def bench_size(arch, size, repeats, warmup, device, with_torch):
@@ -197,12 +216,13 @@ def bench_size(arch, size, repeats, warmup, device, with_torch):
             losses[name] = loss
             if r >= warmup:
                 times[name].append(dt)
-    peaks = {}
+    peaks, grads, ref = {}, {}, None
     for name, c in conns.items():
         c.send("stop")
-        peaks[name] = c.recv()
+        peaks[name], grads[name] = c.recv()
+        ref = c.recv() if ref is None else ref
         procs[name].join()
-    return {n: (statistics.median(ts), peaks[n], losses[n]) for n, ts in times.items()}
+    return {n: (statistics.median(ts), peaks[n], losses[n], grads[n]) for n, ts in times.items()}, ref
 
 
 def _mb(peak):
@@ -280,16 +300,23 @@ def main(argv=None):
     print(f"one iteration = forward to {', '.join(LAYERS)} + content/style losses + backward to the image")
     where = "in one process" if args.in_process else "separate worker processes"
     print(f"median of {args.repeats} after {args.warmup} warm-up, interleaved, {where}\n")
-    hdr = f"{'size':>5} | {'minivgg s/iter':>14} | {'torch s/iter':>12} | {'ratio':>6} | {'minivgg peak MB':>15} | {'torch peak MB':>13} | loss rel diff"
+    hdr = (f"{'size':>5} | {'minivgg s/iter':>14} | {'torch s/iter':>12} | {'ratio':>6} | {'minivgg peak MB':>15} | "
+           f"{'torch peak MB':>13} | loss rel diff | grad rel diff | minivgg vs f64 | torch vs f64")
     print(hdr)
     print("-" * len(hdr))
     for size in [int(s) for s in args.sizes.split(",")]:
         run = bench_size_in_process if args.in_process else bench_size
-        res = run(args.arch, size, args.repeats, args.warmup, args.device, with_torch)
+        res, ref = run(args.arch, size, args.repeats, args.warmup, args.device, with_torch)
         m = res["minivgg"]
         if with_torch:
             t = res["torch"]
-            print(f"{size:>5} | {m[0]:>14.3f} | {t[0]:>12.3f} | {m[0] / t[0]:>6.2f} | {_mb(m[1]):>15} | {_mb(t[1]):>13} | {abs(m[2] - t[2]) / abs(t[2]):.1e}")
+            # the last iteration's gradients (the same input every iteration), max|a - b| / max|b|,
+            # against each other and against torch in float64
+            def rel(a, b):
+                return np.abs(a - b).max() / np.abs(b).max()
+
+            print(f"{size:>5} | {m[0]:>14.3f} | {t[0]:>12.3f} | {m[0] / t[0]:>6.2f} | {_mb(m[1]):>15} | {_mb(t[1]):>13} | "
+                  f"{abs(m[2] - t[2]) / abs(t[2]):>13.1e} | {rel(m[3], t[3]):>13.1e} | {rel(m[3], ref):>14.1e} | {rel(t[3], ref):>12.1e}")
         else:
             print(f"{size:>5} | {m[0]:>14.3f} | {'-':>12} | {'-':>6} | {_mb(m[1]):>15} | {'-':>13} |")
         sys.stdout.flush()
