@@ -3,7 +3,8 @@
 Same function names and contract on every backend (see ``minivgg/gpu`` for the CUDA
 twin); the math and its derivation live with the layers in ``minivgg/layers``.
 Convolution: 3x3 stride-1 pad-1 float32 layers with at least ``WINOGRAD_MIN_CHANNELS``
-channels on the side the GEMM sums over go through Winograd F(4x4, 3x3)
+channels on the side the GEMM sums over, on maps of at least ``WINOGRAD_MIN_TILES`` 4x4
+tiles and ``WINOGRAD_MIN_WORK`` tiles x channels, go through Winograd F(4x4, 3x3)
 (``minivgg/cpu/winograd.py``, docs/winograd.md); everything else, and every layer when
 ``MINIVGG_CONV=im2col``, is im2col (numba, parallel) + one GEMM per image (``gemm.py``).
 """
@@ -19,13 +20,18 @@ from . import winograd
 # Below this many input channels (conv1_1: 3) the Winograd GEMMs are too thin to pay for
 # the transforms; im2col's single GEMM with K = 9 * C is faster there.
 WINOGRAD_MIN_CHANNELS = 16
-# Winograd only where a layer has at least this much work per transformed weight:
-# 4x4 output tiles per image x the channels summed over. Below it (the deep layers of
-# thumbnails: conv5_1 at 128x128, 8x8 maps) im2col's single GEMM is as fast and the
-# 4x-larger transformed weights would cost memory. At 8192, conv5_1 at 256x256 (16 tiles x
-# 512) is Winograd: 2.6 + 2.6 ms forward + backward against im2col's 4.3 + 3.8 with our
-# GEMM (a 256x256 iteration 154 -> 148 ms) for 38 MB of transformed weights.
-WINOGRAD_MIN_WORK = 8192
+# Winograd only where a map has at least WINOGRAD_MIN_TILES 4x4 output tiles and a layer at
+# least WINOGRAD_MIN_WORK of work per transformed weight (tiles per image x the channels
+# summed over). Below them (maps under 13x13: conv4_x / conv5_1 of thumbnails) im2col's
+# single GEMM is as fast or faster (ms forward / backward, one layer: 512 channels at 8x8,
+# im2col 1.5 / 1.2 vs Winograd 2.1 / 2.6; at 12x12 2.5 / 2.2 vs 2.1 / 2.6) and the 4x-larger
+# transformed weights would cost memory. Above them Winograd wins: 256 channels at 16x16
+# 1.5 / 1.1 vs 1.0 / 1.05, 128 at 16x16 1.0 / 0.6 vs 0.36 / 0.38, 64 at 32x32 0.8 / 0.55 vs
+# 0.34 / 0.33; a 64x64 iteration 0.029 -> 0.024 s for 32 MB more (conv2_1 and conv3_x;
+# the threshold was 8192 work and no tile minimum). conv5_1 at 256x256 (16 tiles x 512)
+# is Winograd: 2.6 + 2.6 ms against im2col's 4.3 + 3.8.
+WINOGRAD_MIN_TILES = 16
+WINOGRAD_MIN_WORK = 2048
 
 
 def conv_algorithm():
@@ -37,6 +43,7 @@ def _winograd_applies(x, W, stride, pad, summed_channels):
     tiles = -(-x.shape[2] // 4) * -(-x.shape[3] // 4)
     return (
         W.shape[2:] == (3, 3)
+        and tiles >= WINOGRAD_MIN_TILES
         and tiles * summed_channels >= WINOGRAD_MIN_WORK
         and stride == 1
         and pad == 1
