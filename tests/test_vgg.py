@@ -389,6 +389,26 @@ def test_backward_keep_false_frees_caches_as_it_goes(monkeypatch):
     assert alive_free < alive_keep - 3_000_000, (alive_keep, alive_free)
 
 
+def test_fused_conv_keeps_only_its_input_shape():
+    """A fused conv + ReLU's cache keeps its input's shape, not the input (a pool's output
+    would stay alive through the pass: 31 MB at 512x512): its backward to the input works,
+    weight gradients say why they cannot; a conv asked for by name keeps its input."""
+    net = load_vgg("vgg16", weights=random_weights("vgg16", seed=0))
+    x = np.random.default_rng(4).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    f = net.forward(x, ["relu2_1"])
+    conv = net.layers["conv2_1"]
+    kept = conv._need_cache()[0]
+    assert not isinstance(kept, np.ndarray) and kept.shape == (1, 64, 32, 32)
+    dx = net.backward({"relu2_1": np.ones_like(f["relu2_1"])})
+    assert dx.shape == x.shape and np.isfinite(dx).all()
+    net.forward(x, ["relu2_1"])
+    with pytest.raises(RuntimeError, match="weight gradients need the input"):
+        conv.backward(np.ones((1, 128, 32, 32), np.float32), param_grads=True)
+    g = net.forward(x, ["conv2_1"])  # asked for: not fused, the input kept
+    conv.backward(np.ones_like(g["conv2_1"]), param_grads=True)
+    assert conv.dW.shape == conv.W.shape and np.abs(conv.dW).max() > 0
+
+
 def test_malloc_keeps_freed_memory_for_the_next_iteration():
     """After a CPU net is built, freeing and reallocating a 16 MiB array costs no page faults."""
     import resource

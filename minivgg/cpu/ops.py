@@ -150,6 +150,8 @@ def conv2d_backward(dy, cache, param_grads):
         dx = _im2col_backward_input(dy, _dense(state, W), stride, pad, x.shape)
     if not param_grads:
         return dx, None, None
+    if isinstance(x, _InputShape):
+        raise RuntimeError("weight gradients need the input, which a fused conv + ReLU forward does not keep")
     dW = np.zeros((Cout, C * kh * kw), dtype=dtype)
     cols = np.empty((C * kh * kw, Ho * Wo), dtype=x.dtype)
     for n in range(N):
@@ -204,9 +206,21 @@ def _im2col_backward_input(dy, W, stride, pad, x_shape, mask=None, extra=None):
     return dx
 
 
+class _InputShape:
+    """What a fused conv + ReLU keeps of its input: the shape and dtype its backward to the
+    input needs. Keeping the input itself would hold a pool's output (or the image) alive
+    through the pass for nothing: 31 MB at 512x512."""
+
+    __slots__ = ("shape", "dtype")
+
+    def __init__(self, x):
+        self.shape, self.dtype = x.shape, x.dtype
+
+
 def conv2d_relu_forward(x, W, b, stride, pad, state, pool_ties=False):
     """relu(conv2d(x)) in one pass where Winograd applies (ReLU in the output transform);
-    for a net that does not need the pre-activation. Returns (y, conv cache).
+    for a net that does not need the pre-activation. Returns (y, conv cache); the cache
+    keeps x's shape, not x, so it serves the backward to the input only.
 
     pool_ties: a 2x2 max pool comes next; its near-ties are recomputed exactly
     (``winograd.refine_pool_ties``) so that it picks the units an exact computation would.
@@ -218,7 +232,7 @@ def conv2d_relu_forward(x, W, b, stride, pad, state, pool_ties=False):
         y = _im2col_forward(x, _dense(state, W), b, stride, pad, True)
     if pool_ties and y.dtype == np.float32 and W.shape[2:] == (3, 3) and stride == 1 and pad == 1:
         winograd.refine_pool_ties(x, W, b, y)
-    return y, (x, W, stride, pad, state)
+    return y, (_InputShape(x), W, stride, pad, state)
 
 
 def relu_conv2d_backward(dy, y, cache, extra=None, pooled=False):
