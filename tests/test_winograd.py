@@ -233,6 +233,7 @@ def test_ops_route_and_fall_back(monkeypatch):
     with the same results; MINIVGG_CONV=im2col forces the baseline. (Kept U, the default
     weights mode, whatever the environment says.)"""
     monkeypatch.delenv("MINIVGG_WINOGRAD_WEIGHTS", raising=False)
+    monkeypatch.delenv("MINIVGG_CONV", raising=False)
     rng = np.random.default_rng(7)
     x = rng.standard_normal((1, 32, 40, 36)).astype(np.float32)
     W = he_weights(rng, 32, 32)
@@ -309,6 +310,7 @@ def test_streamed_weights_in_the_net(monkeypatch, pooling):
     net's features and gradient agree with the default to float32 rounding: Winograd layers,
     im2col layers (conv4_x at 8x8 here, from a contiguous copy) and, with max pooling, the
     ties recomputed from the strided W."""
+    monkeypatch.delenv("MINIVGG_CONV", raising=False)  # the Winograd path, whatever the environment
     from minivgg import load_vgg
     from minivgg.vgg import random_weights
 
@@ -512,7 +514,7 @@ def _child_conv(q):
     q.put(rel(y, direct_conv(x, W)))
 
 
-def test_max_pool_near_ties_are_recomputed_exactly():
+def test_max_pool_near_ties_are_recomputed_exactly(monkeypatch):
     """conv2d_relu_forward(pool_ties=True): outputs that tie (to POOL_TIE_BELOW of the
     layer's largest) for their 2x2 window's maximum come from the float64 direct sum, so the
     max pool picks the unit an exact computation picks; everything else is untouched.
@@ -520,6 +522,7 @@ def test_max_pool_near_ties_are_recomputed_exactly():
     Ties are planted: x and W mirror-symmetric across the middle of a 46-wide map, so
     columns 22 and 23 (one pooling window) are mirror images, then column 23's input moved
     by 1e-6 relative: their outputs differ by about that much, below Winograd's error."""
+    monkeypatch.delenv("MINIVGG_CONV", raising=False)  # the Winograd path, whatever the environment
     rng = np.random.default_rng(21)
     x = np.maximum(rng.standard_normal((1, 128, 48, 46)), 0)
     x = (x + x[:, :, :, ::-1]) / 2
