@@ -88,7 +88,7 @@ def _winograd_weights(state, W):
     """The layer's weights for the Winograd path, made once and kept in its state dict: the
     transformed weights U (36, Cout, Cin), or with ``MINIVGG_WINOGRAD_WEIGHTS=stream`` the
     3x3 taps as rows (9, Cout, Cin), from which the products make U as they go (a quarter of
-    the memory, ~5% slower at 256x256; docs/winograd.md)."""
+    the memory, 5-15% slower at 256x256, measured alternated; docs/winograd.md)."""
     stream = _stream_weights()
     key = "winograd9" if stream else "winograd"
     U = state.get(key)

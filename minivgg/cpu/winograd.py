@@ -357,7 +357,7 @@ def _buffer_size(cin, cout, T):
 # ---------------------------------------------------------------- the 36 products
 # Weights either as U (36, Cout, Cin), made once and kept (the default: fastest), or as w9
 # (9, Cout, Cin), the 3x3 taps as rows, from which the products make U block by block as they
-# go (MINIVGG_WINOGRAD_WEIGHTS=stream: a quarter of U's memory, ~5% slower at 256x256). With
+# go (MINIVGG_WINOGRAD_WEIGHTS=stream: a quarter of U's memory, 5-15% slower at 256x256). With
 # w9 the products go by rows i of the 6x6 transformed tile: the six positions 6i..6i+5 share
 # the first half of the weight transform (row i of G W), their six V[xi] stay in L2 while
 # blocks of U's rows are made and used at once (docs/winograd.md has the measurements).
