@@ -186,8 +186,10 @@ class Net:
         self._released = False
         wanted, out, h = set(layers), {}, x
         fuse = hasattr(self.ops, "conv2d_relu_forward")
+        compact = getattr(self.ops, "compact_mask", None)
         i = 0
         while i <= depth:
+            first = i
             name = self.layer_names[i]
             if name == "fc6" and h.shape[2:] != (7, 7):
                 raise MiniVGGError(
@@ -212,6 +214,13 @@ class Net:
                 h = layer.forward(h)
             if name in wanted:
                 out[name] = h
+            below = self.layer_names[first - 1] if first > 0 else ""
+            if compact is not None and below.startswith("relu") and below not in wanted and (
+                    name.startswith("pool") or first < i):
+                # the ReLU below has been read (by a pool, or by a fused conv + ReLU, whose
+                # caches keep only its shape): its backward needs just the mask
+                relu = self.layers[below]
+                relu._cache = compact(relu._cache)
             i += 1
         self._depth = depth
         return out

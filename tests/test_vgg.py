@@ -384,9 +384,10 @@ def test_backward_keep_false_frees_caches_as_it_goes(monkeypatch):
         net.backward({"relu5_1": np.ones((1, 512, 6, 6), np.float32)})
     net.forward(x, ["relu5_1"])
     net.backward({"relu5_1": np.ones((1, 512, 6, 6), np.float32)})  # fine after a forward
-    # the caches of conv1_2 and deeper (relu1_2 at 96x96 alone is 2.4 MB, relu2_1 at 48x48
-    # 1.2 MB) are gone by the time backward works at full resolution
-    assert alive_free < alive_keep - 3_000_000, (alive_keep, alive_free)
+    # the caches of conv1_2 and deeper are gone by the time backward works at full
+    # resolution: the ReLU masks (uint8, ops.compact_mask; relu1_2's at 96x96 is 0.6 MB,
+    # relu2_x's 0.3 MB each, ...: ~1.9 MB in all)
+    assert alive_free < alive_keep - 1_000_000, (alive_keep, alive_free)
 
 
 def test_fused_conv_keeps_only_its_input_shape():
@@ -407,6 +408,38 @@ def test_fused_conv_keeps_only_its_input_shape():
     g = net.forward(x, ["conv2_1"])  # asked for: not fused, the input kept
     conv.backward(np.ones_like(g["conv2_1"]), param_grads=True)
     assert conv.dW.shape == conv.W.shape and np.abs(conv.dW).max() > 0
+
+
+def test_relu_outputs_nobody_asked_for_become_byte_masks(monkeypatch):
+    """Once the next layer has read a ReLU's output that the caller did not ask for, the
+    ReLU keeps (y > 0) as uint8; every backward takes it as the mask: gradients bit for bit
+    those of the float outputs, on the Winograd and im2col paths, fused and not, with either
+    pooling."""
+    from minivgg.cpu import ops as cpu_ops
+
+    x = np.random.default_rng(5).standard_normal((1, 3, 64, 64)).astype(np.float32) * 50
+    for pooling in ("avg", "max"):
+        for conv in ("winograd", "im2col"):
+            monkeypatch.setenv("MINIVGG_CONV", conv)
+            net = load_vgg("vgg16", weights=random_weights("vgg16", seed=0), pooling=pooling)
+            grads = {}
+            for compact in (True, False):
+                if not compact:
+                    monkeypatch.setattr(cpu_ops, "compact_mask", lambda y: y)
+                f = net.forward(x, ["relu1_1", "relu3_1", "relu4_2"])
+                masks = {n: l._cache.dtype for n, l in net.layers.items() if n.startswith("relu") and l._cache is not None}
+                if compact:
+                    assert masks["relu1_2"] == masks["relu3_3"] == np.uint8  # read, not asked for
+                    assert masks["relu1_1"] == masks["relu3_1"] == np.float32  # asked for
+                    assert masks["relu4_2"] == np.float32  # the last: nothing read it
+                else:
+                    assert set(masks.values()) == {np.dtype(np.float32)}
+                g = {n: np.cos(v) for n, v in f.items()}
+                g["relu2_2"] = np.ones((1, 128, 32, 32), np.float32)  # a gradient at a compacted ReLU
+                grads[compact] = net.backward(g)
+                monkeypatch.undo()
+                monkeypatch.setenv("MINIVGG_CONV", conv)
+            np.testing.assert_array_equal(grads[True], grads[False])
 
 
 def test_malloc_keeps_freed_memory_for_the_next_iteration():

@@ -176,7 +176,8 @@ def _im2col_backward_input(dy, W, stride, pad, x_shape, mask=None, extra=None):
     Ho, Wo = dy.shape[2], dy.shape[3]
     K = C * kh * kw
     W2T = W.reshape(Cout, -1).T
-    fast = all(a is None or (a.dtype == np.float32 and a.flags.c_contiguous) for a in (dy, W, mask, extra))
+    fast = all(a is None or (a.dtype == np.float32 and a.flags.c_contiguous) for a in (dy, W, extra))
+    fast = fast and (mask is None or (mask.dtype in (np.float32, np.uint8) and mask.flags.c_contiguous))
     if not fast:
         if mask is not None:
             dy = relu_backward(dy, mask, extra)
@@ -246,7 +247,7 @@ def relu_conv2d_backward(dy, y, cache, extra=None, pooled=False):
     x, W, stride, pad, state = cache
     winograd_ok = dy.dtype == np.float32 and _winograd_applies(x, W, stride, pad, W.shape[0])
     extra_fits = extra is None or (extra.shape == y.shape and extra.dtype == dy.dtype)
-    if pooled and not (winograd_ok and y.dtype == np.float32 and extra_fits):
+    if pooled and not (winograd_ok and y.dtype in (np.float32, np.uint8) and extra_fits):
         dy, pooled = avg_pool2d_backward(dy, y.shape, 2, 2), False
     if not extra_fits:
         dy, extra = dy + extra, None
@@ -254,6 +255,16 @@ def relu_conv2d_backward(dy, y, cache, extra=None, pooled=False):
         U = _winograd_weights(state, W)
         return winograd.conv3x3_backward_input(dy, U, mask=y, extra=extra, pooled=pooled)
     return _im2col_backward_input(dy, _dense(state, W), stride, pad, x.shape, mask=y, extra=extra)
+
+
+def compact_mask(y):
+    """What a ReLU keeps of its output y once the next layer has read it and nobody asked for
+    it: (y > 0) as uint8 (a quarter of y), which every backward here takes as the mask
+    (relu1_2 - relu4_4's outputs, 126 MB at 512x512). Anything but a C-contiguous float32
+    y is returned as it is."""
+    if isinstance(y, np.ndarray) and y.dtype == np.float32 and y.flags.c_contiguous:
+        return fused.relu_mask(y)
+    return y
 
 
 def relu_forward(x):
@@ -268,7 +279,7 @@ def relu_forward(x):
 def relu_backward(dy, y, extra=None):
     """dy * (y > 0), or (dy + extra) * (y > 0) in the same pass."""
     dx = np.empty_like(dy)
-    fast = dy.dtype == np.float32 and y.dtype == np.float32 and dy.flags.c_contiguous and y.flags.c_contiguous
+    fast = dy.dtype == np.float32 and y.dtype in (np.float32, np.uint8) and dy.flags.c_contiguous and y.flags.c_contiguous
     if extra is not None and not (fast and extra.dtype == np.float32 and extra.flags.c_contiguous and extra.shape == dy.shape):
         dy, extra = dy + extra, None
     if fast:

@@ -492,8 +492,8 @@ def _conv(x, U, b, relu, mask, out, threads, backward, W=None, extra=None, poole
     if k != cin:
         raise ValueError(f"weights for {k} input channels, input has {cin}")
     b = np.zeros(cout, np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32)
-    if mask is not None:
-        mask = np.ascontiguousarray(mask, dtype=np.float32)
+    if mask is not None:  # a float32 ReLU output, or its uint8 0 / 1 mask (ops.compact_mask)
+        mask = np.ascontiguousarray(mask) if mask.dtype == np.uint8 else np.ascontiguousarray(mask, dtype=np.float32)
     masks = [_NO_MASK if mask is None else mask[i] for i in range(n)]
     if extra is not None:
         if mask is None or extra.shape != mask.shape:
