@@ -338,6 +338,50 @@ def test_streamed_weights_in_the_net(monkeypatch, pooling):
     assert rel(out["stream"][1], out["keep"][1]) < 1e-4
 
 
+def test_large_layers_stream(monkeypatch):
+    """MINIVGG_WINOGRAD_WEIGHTS=large: only the layers of at least 512 x 512 channels (here
+    conv4_2, at 16x16 a Winograd layer) keep their taps as rows and make U as they go, with
+    W a view of the taps; the others keep U and their own W. Features and gradient agree
+    with the default (every layer keeps U) to float32 rounding."""
+    monkeypatch.delenv("MINIVGG_CONV", raising=False)
+    from minivgg import load_vgg
+    from minivgg.vgg import random_weights
+
+    params = random_weights("vgg16", seed=2)
+    x = (np.random.default_rng(4).standard_normal((1, 3, 128, 128)) * 50).astype(np.float32)
+    layers = ["relu1_2", "relu3_1", "relu4_2"]
+    out = {}
+    for mode in ("keep", "large"):
+        monkeypatch.setenv("MINIVGG_WINOGRAD_WEIGHTS", mode)
+        net = load_vgg("vgg16", weights=params, up_to="relu4_2")
+        f = net.forward(x, layers)
+        out[mode] = (f, net.backward({l: np.ones_like(v) for l, v in f.items()}))
+        for n, l in net.layers.items():
+            if not n.startswith("conv"):
+                continue
+            assert np.array_equal(l.W, params[n][0])
+            large = mode == "large" and l.W.shape[0] * l.W.shape[1] >= ops.LARGE_PAIRS
+            assert large == (n == "conv4_2" and mode == "large")
+            assert ("winograd9" in l.state) == large and l.W.flags.c_contiguous != large
+            if large:
+                assert np.shares_memory(l.W, l.state["winograd9"]) and "winograd" not in l.state
+            elif n != "conv1_1":  # conv1_1 (3 channels) is im2col's
+                assert l.state["winograd"].shape[0] == 36
+    for l in layers:
+        assert rel(out["large"][0][l], out["keep"][0][l]) < 1e-5
+    assert rel(out["large"][1], out["keep"][1]) < 1e-4
+
+
+def test_unknown_weights_mode_is_a_clear_error(monkeypatch):
+    from minivgg import load_vgg
+    from minivgg.errors import MiniVGGError
+    from minivgg.vgg import random_weights
+
+    monkeypatch.setenv("MINIVGG_WINOGRAD_WEIGHTS", "streaming")
+    with pytest.raises(MiniVGGError, match="MINIVGG_WINOGRAD_WEIGHTS=streaming.*keep, large, stream"):
+        load_vgg("vgg16", weights=random_weights("vgg16"), up_to="relu1_2")
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 7, 9), (1, 4, 8, 6), (1, 2, 2, 3)])
 def test_avg_pool2x2_kernels_match_the_general_loops(shape):
     """fused.avg_pool2x2_* give exactly what the general k x k / stride s loops give."""

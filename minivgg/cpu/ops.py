@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from ..errors import MiniVGGError
 from . import arena, fused, threads
 from . import im2col as k
 from . import winograd
@@ -54,19 +55,42 @@ def _winograd_applies(x, W, stride, pad, summed_channels):
     )
 
 
-def _stream_weights():
-    return os.environ.get("MINIVGG_WINOGRAD_WEIGHTS", "").lower() == "stream"
+# The Winograd transformed weights U are 4x the taps (36 values per 3x3 kernel; 197 MB for
+# VGG-19 to relu5_1). MINIVGG_WINOGRAD_WEIGHTS chooses which layers keep U and which keep
+# only the taps, from which the products make U block by block as they go:
+#   keep   (the default) every Winograd layer keeps U: the fastest;
+#   large  layers of at least LARGE_PAIRS input x output channels (VGG's 512 x 512:
+#          conv4_2 - conv4_4 and conv5_x, U 36 MiB each) make U as they go, the rest keep it;
+#   stream every Winograd layer makes U as it goes: the least memory.
+# Measured (scripts/bench.py, docs/winograd.md): at 256x256, large 565 -> 430 MB for ~+1.3 ms
+# per large layer (fwd + bwd; +4-6% an iteration, more with torch in the same process),
+# stream 372 MB for 5-20%.
+LARGE_PAIRS = 512 * 512
+WEIGHTS_MODES = ("keep", "large", "stream")
+
+
+def winograd_weights_mode():
+    """``MINIVGG_WINOGRAD_WEIGHTS`` (``keep``, ``large`` or ``stream``; unset: ``keep``)."""
+    mode = os.environ.get("MINIVGG_WINOGRAD_WEIGHTS", "").strip().lower() or "keep"
+    if mode not in WEIGHTS_MODES:
+        raise MiniVGGError(f"MINIVGG_WINOGRAD_WEIGHTS={mode}: not a mode; use one of {', '.join(WEIGHTS_MODES)}")
+    return mode
+
+
+def _streams(W):
+    """Whether a 3x3 layer's Winograd products make U from the taps as they go."""
+    mode = winograd_weights_mode()
+    return mode == "stream" or (mode == "large" and W.shape[0] * W.shape[1] >= LARGE_PAIRS)
 
 
 def layer_weights(W, state):
     """The array a conv layer keeps as its weights, chosen once when the layer is made.
 
-    With ``MINIVGG_WINOGRAD_WEIGHTS=stream`` a 3x3 float32 layer's taps are gathered into
-    rows (9, Cout, Cin) for the Winograd products (``state["winograd9"]``) and the layer's
-    W becomes a strided view of them, so the weights are held once (VGG-19 to relu5_1: 49
-    MB less). Everything else keeps W as given."""
-    if not (_stream_weights() and isinstance(W, np.ndarray) and W.dtype == np.float32
-            and W.ndim == 4 and W.shape[2:] == (3, 3)):
+    A 3x3 float32 layer whose products stream (``_streams``) has its taps gathered into
+    rows (9, Cout, Cin) for the Winograd products (``state["winograd9"]``) and its W becomes
+    a strided view of them, so the weights are held once. Everything else keeps W as given."""
+    if not (isinstance(W, np.ndarray) and W.dtype == np.float32 and W.ndim == 4
+            and W.shape[2:] == (3, 3) and _streams(W)):
         return W
     w9 = state["winograd9"] = winograd.gather_weights(W)
     return w9.transpose(1, 2, 0).reshape(W.shape)  # W[o, c, a, e] = w9[3a + e, o, c], no copy
@@ -86,14 +110,16 @@ def _dense(state, W):
 
 def _winograd_weights(state, W):
     """The layer's weights for the Winograd path, made once and kept in its state dict: the
-    transformed weights U (36, Cout, Cin), or with ``MINIVGG_WINOGRAD_WEIGHTS=stream`` the
-    3x3 taps as rows (9, Cout, Cin), from which the products make U as they go (a quarter of
-    the memory, 5-15% slower at 256x256, measured alternated; docs/winograd.md)."""
-    stream = _stream_weights()
-    key = "winograd9" if stream else "winograd"
-    U = state.get(key)
-    if U is None:
-        U = state[key] = winograd.gather_weights(W) if stream else winograd.transform_weights(W)
+    3x3 taps as rows (9, Cout, Cin) when the layer streams (``_streams``; gathered when the
+    layer was made, ``layer_weights``), from which the products make U as they go, else the
+    transformed weights U (36, Cout, Cin)."""
+    for key in ("winograd9", "winograd"):
+        if key in state:
+            return state[key]
+    if _streams(W):
+        U = state["winograd9"] = winograd.gather_weights(W)
+    else:
+        U = state["winograd"] = winograd.transform_weights(W)
     return U
 
 
