@@ -303,6 +303,24 @@ def test_streamed_weights_match_kept_ones(monkeypatch, blas):
         winograd.conv3x3_forward(x, U[:10], b)
 
 
+def _vgg16_in_modes(monkeypatch, modes, size, layers, pooling="avg", seed=1):
+    """{mode: (net, features, gradient of the features' sum)} for VGG-16 to relu4_2 built
+    under each MINIVGG_WINOGRAD_WEIGHTS mode, on the Winograd path whatever the environment."""
+    monkeypatch.delenv("MINIVGG_CONV", raising=False)
+    from minivgg import load_vgg
+    from minivgg.vgg import random_weights
+
+    params = random_weights("vgg16", seed=seed)
+    x = (np.random.default_rng(seed + 8).standard_normal((1, 3, size, size)) * 50).astype(np.float32)
+    out = {}
+    for mode in modes:
+        monkeypatch.setenv("MINIVGG_WINOGRAD_WEIGHTS", mode)
+        net = load_vgg("vgg16", weights=params, up_to="relu4_2", pooling=pooling)
+        f = net.forward(x, layers)
+        out[mode] = (net, f, net.backward({l: np.ones_like(v) for l, v in f.items()}))
+    return params, out
+
+
 @pytest.mark.parametrize("pooling", ["avg", "max"])
 def test_streamed_weights_in_the_net(monkeypatch, pooling):
     """MINIVGG_WINOGRAD_WEIGHTS=stream: the layers keep the taps as rows (9, Cout, Cin), no U,
@@ -310,19 +328,10 @@ def test_streamed_weights_in_the_net(monkeypatch, pooling):
     net's features and gradient agree with the default to float32 rounding: Winograd layers,
     im2col layers (conv4_x at 8x8 here, from a contiguous copy) and, with max pooling, the
     ties recomputed from the strided W."""
-    monkeypatch.delenv("MINIVGG_CONV", raising=False)  # the Winograd path, whatever the environment
-    from minivgg import load_vgg
-    from minivgg.vgg import random_weights
-
-    params = random_weights("vgg16", seed=1)
-    x = (np.random.default_rng(9).standard_normal((1, 3, 64, 64)) * 50).astype(np.float32)
     layers = ["relu1_1", "relu3_1", "relu4_2"]
-    out = {}
-    for mode in ("keep", "stream"):
-        monkeypatch.setenv("MINIVGG_WINOGRAD_WEIGHTS", mode)
-        net = load_vgg("vgg16", weights=params, up_to="relu4_2", pooling=pooling)
-        f = net.forward(x, layers)
-        out[mode] = (f, net.backward({l: np.ones_like(v) for l, v in f.items()}))
+    params, nets = _vgg16_in_modes(monkeypatch, ("keep", "stream"), 64, layers, pooling)
+    out = {mode: (f, dx) for mode, (_, f, dx) in nets.items()}
+    for mode, (net, _, _) in nets.items():
         convs = {n: l for n, l in net.layers.items() if n.startswith("conv")}
         states = [l.state for l in convs.values() if "winograd" in l.state or "winograd9" in l.state]
         assert states and all(("winograd9" in st) == (mode == "stream") and ("winograd" in st) == (mode == "keep") for st in states)
@@ -343,19 +352,10 @@ def test_large_layers_stream(monkeypatch):
     conv4_2, at 16x16 a Winograd layer) keep their taps as rows and make U as they go, with
     W a view of the taps; the others keep U and their own W. Features and gradient agree
     with the default (every layer keeps U) to float32 rounding."""
-    monkeypatch.delenv("MINIVGG_CONV", raising=False)
-    from minivgg import load_vgg
-    from minivgg.vgg import random_weights
-
-    params = random_weights("vgg16", seed=2)
-    x = (np.random.default_rng(4).standard_normal((1, 3, 128, 128)) * 50).astype(np.float32)
     layers = ["relu1_2", "relu3_1", "relu4_2"]
-    out = {}
-    for mode in ("keep", "large"):
-        monkeypatch.setenv("MINIVGG_WINOGRAD_WEIGHTS", mode)
-        net = load_vgg("vgg16", weights=params, up_to="relu4_2")
-        f = net.forward(x, layers)
-        out[mode] = (f, net.backward({l: np.ones_like(v) for l, v in f.items()}))
+    params, nets = _vgg16_in_modes(monkeypatch, ("keep", "large"), 128, layers, seed=2)
+    out = {mode: (f, dx) for mode, (_, f, dx) in nets.items()}
+    for mode, (net, _, _) in nets.items():
         for n, l in net.layers.items():
             if not n.startswith("conv"):
                 continue
