@@ -12,8 +12,9 @@ not the one-time compilation's. Prints medians after warm-up, the ratio, peak RS
 how far the loss and the gradient (of the last iteration, max|a - b| / max|b|) are from
 torch's, and each gradient from torch's in float64 (computed once, after the timing and
 the peaks); the last column is ours from torch's as ||a - b|| / ||b||, which a few ReLU
-near-ties (each moving the gradient in one small patch) move far less than the maximum. Both nets are built only as deep as
-relu5_1 (``load_vgg(up_to=...)``; the torch model is cut there too).
+near-ties (each moving the gradient in one small patch) move far less than the maximum.
+Both nets are built only as deep as relu5_1 (``load_vgg(up_to=...)``; the torch model is
+cut there too).
 
     python scripts/bench.py                    # 256 and 512, 7 repeats
     python scripts/bench.py --sizes 256 --repeats 5 --arch vgg16

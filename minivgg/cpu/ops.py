@@ -62,9 +62,9 @@ def _winograd_applies(x, W, stride, pad, summed_channels):
 #   large  layers of at least LARGE_PAIRS input x output channels (VGG's 512 x 512:
 #          conv4_2 - conv4_4 and conv5_x, U 36 MiB each) make U as they go, the rest keep it;
 #   stream every Winograd layer makes U as it goes: the least memory.
-# Measured (scripts/bench.py, docs/winograd.md): at 256x256, large 565 -> 430 MB for ~+1.3 ms
-# per large layer (fwd + bwd; +4-6% an iteration, more with torch in the same process),
-# stream 372 MB for 5-20%.
+# Measured (scripts/bench.py and alternated in one process; docs/winograd.md): at 256x256
+# large 562 -> 429 MB for +1.5 - 2.0 ms per large layer, forward and backward (5-7 ms an
+# iteration), stream 373 MB for 5-20%.
 LARGE_PAIRS = 512 * 512
 WEIGHTS_MODES = ("keep", "large", "stream")
 
