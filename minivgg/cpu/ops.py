@@ -63,8 +63,8 @@ def _winograd_applies(x, W, stride, pad, summed_channels):
 #          conv4_2 - conv4_4 and conv5_x, U 36 MiB each) make U as they go, the rest keep it;
 #   stream every Winograd layer makes U as it goes: the least memory.
 # Measured (scripts/bench.py and alternated in one process; docs/winograd.md): at 256x256
-# large 562 -> 429 MB for +1.5 - 2.0 ms per large layer, forward and backward (5-7 ms an
-# iteration), stream 373 MB for 5-20%.
+# large 566 -> 427 MB for +1.5 - 2.0 ms per large layer, forward and backward (5-7 ms an
+# iteration), stream 376 MB for 5-20%.
 LARGE_PAIRS = 512 * 512
 WEIGHTS_MODES = ("keep", "large", "stream")
 
