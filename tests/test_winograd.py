@@ -121,7 +121,7 @@ def test_forward_matches_direct_on_odd_sizes(shape):
     b = rng.standard_normal(cout).astype(np.float32)
     U = winograd.transform_weights(W)
     ref = direct_conv(x, W, b)
-    for threads in (1, 2):
+    for threads in (1, 2, 3):  # 3: output channels in shares of 2 on the whole-map path
         y = winograd.conv3x3_forward(x, U, b, threads=threads)
         assert y.shape == (n, cout, h, w) and y.dtype == np.float32
         assert rel(y, ref) < 2e-6
@@ -140,7 +140,7 @@ def test_backward_to_input_matches_direct(shape):
     dy = rng.standard_normal(shape).astype(np.float32)
     ref = direct_conv_backward_input(dy, W)
     U = winograd.transform_weights(W)
-    for threads in (1, 2):
+    for threads in (1, 2, 3):
         dx = winograd.conv3x3_backward_input(dy, U, threads=threads)
         assert dx.shape == (n, cin, h, w)
         assert rel(dx, ref) < 2e-6
@@ -262,8 +262,8 @@ def test_ops_route_and_fall_back(monkeypatch):
 def test_streamed_weights_match_kept_ones(monkeypatch, blas):
     """gather_weights(W) (the taps as rows, U made block by block by the products) stays
     within Winograd's documented 3e-6 of the direct convolution: forward with ReLU, backward with mask,
-    extra and a folded pool, bands and whole maps, 1-3 threads (3: tile rows split into row
-    chunks), with gemm.py's kernel and with numpy's BLAS; and its kernel makes U itself."""
+    extra and a folded pool, bands and whole maps, 1-3 threads (the whole map's output channels in one to
+    three shares), with gemm.py's kernel and with numpy's BLAS; and its kernel makes U itself."""
     from minivgg.cpu import gemm
     from minivgg.cpu.winograd_kernels import _weight_rows
 
