@@ -356,7 +356,7 @@ def _buffer_size(cin, cout, T):
 # ---------------------------------------------------------------- the 36 products
 # Weights either as U (36, Cout, Cin), made once and kept (the default: fastest), or as w9
 # (9, Cout, Cin), the 3x3 taps as rows, from which the products make U block by block as they
-# go (MINIVGG_WINOGRAD_WEIGHTS=stream: a quarter of U's memory, 5-15% slower at 256x256). With
+# go (the layers that ops.py's MINIVGG_WINOGRAD_WEIGHTS streams: a quarter of U's memory). With
 # w9 the products go by rows i of the 6x6 transformed tile: the six positions 6i..6i+5 share
 # the first half of the weight transform (row i of G W), their six V[xi] stay in L2 while
 # blocks of U's rows are made and used at once (docs/winograd.md has the measurements).
@@ -368,42 +368,42 @@ def _streamed(wt):
 
 
 @njit(nogil=True, cache=True)
-def _products_fwd(w9, Vg, Mg, i0, i1, o0, o1, rb, ub):
-    """M[xi][o] = U[xi][o] @ V[xi] for xi in 6 i0 .. 6 i1 - 1, o in o0..o1-1."""
+def _products_fwd(w9, Vg, Mg, o0, o1, rb, ub):
+    """M[xi][o] = U[xi][o] @ V[xi] for all 36 positions xi, o in o0..o1-1."""
     K = w9.shape[2]
     for a in range(o0, o1, rb):
         e = min(o1, a + rb)
-        for i in range(i0, i1):
+        for i in range(6):
             U6 = ub[: 6 * (e - a) * K].reshape(6, e - a, K)
             _weight_rows(w9, i, a, e, 0, K, U6)
             gemm._gemm3(U6, Vg[6 * i : 6 * i + 6], Mg[6 * i : 6 * i + 6, a:e], False)
 
 
 @njit(nogil=True, cache=True)
-def _products_bwd(w9, Vg, Mg, i0, i1, c0, c1, rb, ub):
-    """M[xi][c] = U[xi][:, c]^T @ V[xi] for xi in 6 i0 .. 6 i1 - 1, c in c0..c1-1, summed
-    over blocks of rb of the K axis (the convolution's output channels)."""
+def _products_bwd(w9, Vg, Mg, c0, c1, rb, ub):
+    """M[xi][c] = U[xi][:, c]^T @ V[xi] for all 36 positions xi, c in c0..c1-1, summed over
+    blocks of rb of the K axis (the convolution's output channels)."""
     n = w9.shape[1]
     C = c1 - c0
     for a in range(0, n, rb):
         e = min(n, a + rb)
-        for i in range(i0, i1):
+        for i in range(6):
             U6 = ub[: 6 * (e - a) * C].reshape(6, e - a, C)
             _weight_rows(w9, i, a, e, c0, c1, U6)
             gemm._gemm3(U6.transpose(0, 2, 1), Vg[6 * i : 6 * i + 6, a:e], Mg[6 * i : 6 * i + 6, c0:c1], a > 0)
 
 
-def _products_streamed(w9, backward, Vg, Mg, i0, i1, r0, r1):
-    """Rows r0..r1-1 of the products of positions 6 i0 .. 6 i1 - 1 from w9 (rows: the output
-    channels, or in the backward the convolution's input channels)."""
+def _products_streamed(w9, backward, Vg, Mg, r0, r1):
+    """Rows r0..r1-1 of the 36 products from w9 (rows: the output channels, or in the
+    backward the convolution's input channels)."""
     k = w9.shape[1] if backward else w9.shape[2]
     cols = r1 - r0 if backward else k
     rb = max(gemm.MR, UBLOCK_BYTES // (6 * 4 * cols) // gemm.MR * gemm.MR)
     ub = _workspace().ublock(6 * rb * cols)
     if gemm.available():
-        (_products_bwd if backward else _products_fwd)(w9, Vg, Mg, i0, i1, r0, r1, rb, ub)
+        (_products_bwd if backward else _products_fwd)(w9, Vg, Mg, r0, r1, rb, ub)
         return
-    for i in range(i0, i1):  # numpy's BLAS (no AVX-512): the same blocks
+    for i in range(6):  # numpy's BLAS (no AVX-512): the same blocks
         xs = slice(6 * i, 6 * i + 6)
         for a in range(0, k, rb) if backward else range(r0, r1, rb):
             e = min(k if backward else r1, a + rb)
@@ -424,7 +424,7 @@ def _products(wt, backward, Vg, Mg, o0, o1):
     """Rows o0..o1-1 of all 36 products (M[xi][o] = U[xi][o] @ V[xi], in the backward
     U[xi][:, o]^T @ V[xi]), in this thread: from the kept U, or made from w9 as they go."""
     if _streamed(wt):
-        _products_streamed(wt, backward, Vg, Mg, 0, 6, o0, o1)
+        _products_streamed(wt, backward, Vg, Mg, o0, o1)
     else:
         Ug = wt.transpose(0, 2, 1) if backward else wt
         gemm.matmul(Ug[:, o0:o1], Vg, Mg[:, o0:o1])
