@@ -38,14 +38,18 @@ def _as_matrices(F):
     return F.reshape(F.shape[0], F.shape[1], -1)
 
 
-def _matmul(xp, a, b):
-    """a @ b; on the CPU split over minivgg's thread pool with single-threaded BLAS, so that
-    no BLAS threads are left spinning beside the network's own (minivgg/cpu/threads.py)."""
+def _matmul(xp, a, b, into=None):
+    """a @ b, or into += a @ b; on the CPU split over minivgg's thread pool with
+    single-threaded BLAS, so that no BLAS threads are left spinning beside the network's own
+    (minivgg/cpu/threads.py), and the sum made inside our GEMM (no temporary)."""
     if xp is np:
         from .cpu.threads import matmul
 
-        return matmul(a, b)
-    return xp.matmul(a, b)
+        return matmul(a, b, out=into, accumulate=into is not None)
+    if into is None:
+        return xp.matmul(a, b)
+    into += xp.matmul(a, b)
+    return into
 
 
 def _gram(xp, Fm):
@@ -63,11 +67,31 @@ def gram_matrix(F):
     return _gram(xp, _as_matrices(F))
 
 
-def style_loss(F, A):
-    """``E = 1/(4 C^2 M^2) sum (G - A)^2`` with G = gram_matrix(F), and dE/dF.
+class DeferredGradient:
+    """weight * dE/dF of a style loss, made when asked (style_loss_deferred): ``g()`` returns
+    it as a new array; ``g.add_to(out)`` adds it into out (F's shape and dtype, C-contiguous;
+    ``g.fits(out)`` tells) inside the product that makes it, and returns out. Holds F and
+    the C x C factor (G - A) scaled."""
 
-    A: the target Gram matrix, (C, C) (broadcast over the batch) or (N, C, C).
-    """
+    def __init__(self, xp, Ds, Fm, shape):
+        self.xp, self.Ds, self.Fm, self.shape = xp, Ds, Fm, shape
+
+    def __call__(self):
+        return _matmul(self.xp, self.Ds, self.Fm).reshape(self.shape)
+
+    def fits(self, out):
+        return (out is not None and out.shape == self.shape and out.flags.c_contiguous
+                and out.dtype == self.xp.result_type(self.Ds.dtype, self.Fm.dtype))
+
+    def add_to(self, out):
+        if not self.fits(out):
+            raise ValueError(f"add_to: needs a C-contiguous array of shape {self.shape}")
+        _matmul(self.xp, self.Ds, self.Fm, into=out.reshape(self.Fm.shape))
+        return out
+
+
+def _style(F, A, weight):
+    """E (a float) and weight * dE/dF, deferred (DeferredGradient)."""
     xp = get_array_module(F)
     Fm = _as_matrices(F)
     C, M = Fm.shape[1], Fm.shape[2]
@@ -75,8 +99,26 @@ def style_loss(F, A):
     D = G - A
     scale = 1.0 / (C * C * M * M)
     value = 0.25 * scale * float((D.astype("float64") ** 2).sum())
-    dF = _matmul(xp, D * D.dtype.type(scale), Fm)  # the scale on the small C x C factor
-    return value, dF.reshape(F.shape)
+    Ds = D * D.dtype.type(scale * weight)  # the scale on the small C x C factor
+    return value, DeferredGradient(xp, Ds, Fm, F.shape)
+
+
+def style_loss(F, A):
+    """``E = 1/(4 C^2 M^2) sum (G - A)^2`` with G = gram_matrix(F), and dE/dF.
+
+    A: the target Gram matrix, (C, C) (broadcast over the batch) or (N, C, C).
+    """
+    value, grad = _style(F, A, 1.0)
+    return value, grad()
+
+
+def style_loss_deferred(F, A, weight=1.0):
+    """style_loss's value now and its gradient later: (E, g), g a DeferredGradient making
+    weight * dE/dF. Net.backward takes g in place of the array and adds it into the
+    gradient arriving from above when the backward reaches the layer, so no array of F's
+    size is made for it at all, and none is held through the backward of the deeper
+    layers."""
+    return _style(F, A, float(weight))
 
 
 def total_variation(x, beta=2.0):

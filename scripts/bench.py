@@ -55,7 +55,7 @@ def _inputs(size, seed=0):
 def _minivgg_step(arch, size, device):
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     from minivgg import load_vgg
-    from minivgg.losses import content_loss, gram_matrix, style_loss
+    from minivgg.losses import content_loss, gram_matrix, style_loss_deferred
     from minivgg.vgg import layer_names, random_weights
 
     # built to relu5_1, like the torch model below (conv5_2-conv5_4 are never used)
@@ -72,11 +72,9 @@ def _minivgg_step(arch, size, device):
         f = net.forward(x, LAYERS)
         grads = {}
         loss, grads[CONTENT] = content_loss(f[CONTENT], P)
-        for l in STYLE:
-            v, g = style_loss(f[l], targets[l])
+        for l in STYLE:  # as the methods do: each gradient made when the backward needs it
+            v, grads[l] = style_loss_deferred(f[l], targets[l], 1e3 / len(STYLE))
             loss += 1e3 / len(STYLE) * v
-            g *= 1e3 / len(STYLE)
-            grads[l] = g if l not in grads else grads[l] + g
         dx = net.backward(grads)
         if device == "gpu":
             xp.cuda.Device().synchronize()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import numeric_grad, rel_err
-from minivgg.losses import alpha_norm, content_loss, gram_matrix, style_loss, total_variation
+from minivgg.losses import alpha_norm, content_loss, gram_matrix, style_loss, style_loss_deferred, total_variation
 
 
 def _torch_value_and_grad(fn, x):
@@ -103,3 +103,24 @@ def test_tv_definition_on_a_tiny_image():
     assert v == 10.0
     v1, _ = total_variation(x, 1.0)
     assert abs(v1 - 2 * np.sqrt(5.0)) < 1e-12
+
+
+@pytest.mark.parametrize("N", [1, 2])
+def test_deferred_style_gradient(N, rng):
+    """style_loss_deferred: the same value, weight * the gradient when called, and add_to
+    adds it into a given array in place (float32, within rounding of the sum); fits / add_to
+    refuse arrays of another shape or layout."""
+    F = np.maximum(rng.standard_normal((N, 16, 30, 70)), 0).astype(np.float32)
+    A = gram_matrix(np.maximum(rng.standard_normal((1, 16, 30, 70)), 0).astype(np.float32))[0]
+    v, g = style_loss(F, A)
+    vd, make = style_loss_deferred(F, A, 2.5)
+    assert vd == v
+    assert rel_err(make(), 2.5 * g.astype(np.float64)) <= 1e-6
+    base = rng.standard_normal(F.shape).astype(np.float32)
+    out = base.copy()
+    assert make.fits(out) and make.add_to(out) is out
+    assert rel_err(out, base + 2.5 * g.astype(np.float64)) <= 1e-6
+    for bad in (base[..., :-1].copy(), np.asfortranarray(base), base.astype(np.float64), None):
+        assert not make.fits(bad)
+    with pytest.raises(ValueError, match="add_to"):
+        make.add_to(base[..., :-1].copy())

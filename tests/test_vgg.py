@@ -182,6 +182,46 @@ def test_several_layers_gradient_is_the_sum(rng):
     assert rel_err(both, a + b) < 1e-12
 
 
+def test_deferred_style_gradients_in_backward(rng):
+    """backward takes a function in place of a gradient, and style_loss_deferred's are added
+    straight into the gradient coming down (never made as arrays of their own where one
+    arrives): the result equals backward with the arrays, to float32 rounding."""
+    from minivgg.losses import style_loss_deferred
+
+    net = load_vgg("vgg19", weights=random_weights("vgg19"), up_to="relu4_2")
+    x = (rng.standard_normal((1, 3, 48, 40)) * 50).astype(np.float32)
+    layers = ["relu1_1", "relu2_1", "relu3_1", "relu4_1"]
+    f = net.forward(x, layers + ["relu4_2"])
+    A = {l: gram_matrix(np.maximum(rng.standard_normal(f[l].shape), 0).astype(np.float32))[0] for l in layers}
+    P = rng.standard_normal(f["relu4_2"].shape).astype(np.float32)
+    grads = {"relu4_2": content_loss(f["relu4_2"], P)[1]}
+    deferred = dict(grads)
+    for l in layers:
+        grads[l] = style_loss(f[l], A[l])[1] * np.float32(40.0)
+        deferred[l] = style_loss_deferred(f[l], A[l], 40.0)[1]
+    made, calls = [], []
+
+    class Counting(type(deferred["relu1_1"])):
+        def __call__(self):
+            calls.append(self)
+            return super().__call__()
+
+        def add_to(self, out):
+            made.append(self)
+            return super().add_to(out)
+
+    for l in layers:
+        deferred[l].__class__ = Counting
+    ref = net.backward(grads)
+    got = net.backward(deferred)
+    assert rel_err(got, ref) < 1e-5
+    assert not calls and len(made) == len(layers)  # each added into the gradient from above
+    only = net.backward({"relu1_1": style_loss_deferred(f["relu1_1"], A["relu1_1"], 40.0)[1]})
+    assert rel_err(only, net.backward({"relu1_1": grads["relu1_1"]})) < 1e-5  # called: nothing from above
+    plain = net.backward({"relu2_1": lambda: grads["relu2_1"].copy()})  # any function
+    assert rel_err(plain, net.backward({"relu2_1": grads["relu2_1"]})) < 1e-6
+
+
 def test_whole_net_finite_differences(rng):
     """float64 through the whole of VGG-16 to relu3_1, a few input coordinates."""
     params = {k: (W.astype(np.float64), b + 0.01) for k, (W, b) in random_weights("vgg16", seed=4).items()}

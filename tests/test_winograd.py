@@ -505,6 +505,22 @@ def test_threads_matmul():
     A = rng.standard_normal((27, 64)).astype(np.float32)
     B = rng.standard_normal((2, 64, 5003)).astype(np.float32)
     np.testing.assert_allclose(threads.matmul(A[None], B), A.astype(np.float64) @ B, rtol=1e-5, atol=1e-4)
+    # out += a @ b, split by rows and by columns, with gemm.py's kernel and numpy's BLAS
+    from minivgg.cpu import gemm
+
+    for blas in (False, True):
+        for a, bb in ((D, F[0]), (A, B[0])):
+            base = rng.standard_normal((a.shape[0], bb.shape[1])).astype(np.float32)
+            out = base.copy()
+            if blas:
+                with pytest.MonkeyPatch.context() as mp:
+                    mp.setattr(gemm, "available", lambda: False)
+                    assert threads.matmul(a, bb, out=out, accumulate=True) is out
+            else:
+                assert threads.matmul(a, bb, out=out, accumulate=True) is out
+            np.testing.assert_allclose(out, base + a.astype(np.float64) @ bb, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="accumulate needs out"):
+        threads.matmul(D, F[0], accumulate=True)
     # the BLAS thread limit is restored after the call
     from threadpoolctl import threadpool_info
 

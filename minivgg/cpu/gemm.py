@@ -393,12 +393,16 @@ def gemm(a, b, out, accumulate=False):
     return out
 
 
-def matmul(a, b, out):
-    """out = a @ b through ``gemm`` where it is available and takes the arrays, else numpy's
-    matmul (which also gives numpy's error for arrays that do not match)."""
+def matmul(a, b, out, accumulate=False):
+    """out = a @ b (out += a @ b when accumulate) through ``gemm`` where it is available and
+    takes the arrays, else numpy's matmul (which also gives numpy's error for arrays that do
+    not match)."""
     if available():
         try:
-            return gemm(a, b, out)
+            return gemm(a, b, out, accumulate)
         except ValueError:  # gemm checks before it writes: out is untouched
             pass
+    if accumulate:
+        out += np.matmul(a, b)
+        return out
     return np.matmul(a, b, out=out)

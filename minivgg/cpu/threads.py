@@ -123,14 +123,14 @@ def parallel_range(fn, n, *args, threads=None, min_per_thread=1):
     run([(fn, a, b, *args) for a, b in split(n, t)], threads=t)
 
 
-def _matmul_rows(r0, r1, a, b, out):
+def _matmul_rows(r0, r1, a, b, out, accumulate):
     for i in range(out.shape[0]):
-        _gemm_matmul(a[i, r0:r1], b[i], out[i, r0:r1])
+        _gemm_matmul(a[i, r0:r1], b[i], out[i, r0:r1], accumulate)
 
 
-def _matmul_cols(c0, c1, a, b, out):
+def _matmul_cols(c0, c1, a, b, out, accumulate):
     for i in range(out.shape[0]):
-        _gemm_matmul(a[i], b[i, :, c0:c1], out[i, :, c0:c1])
+        _gemm_matmul(a[i], b[i, :, c0:c1], out[i, :, c0:c1], accumulate)
 
 
 # Few rows and many columns (im2col's first layer: 64 x 27 @ 27 x H*W; the style losses'
@@ -139,10 +139,13 @@ def _matmul_cols(c0, c1, a, b, out):
 SPLIT_COLUMNS_BELOW_ROWS = 128
 
 
-def matmul(a, b, out=None):
+def matmul(a, b, out=None, accumulate=False):
     """a @ b for float arrays (M, K) @ (K, N) or stacked (B, M, K) @ (B, K, N), with the
     output rows split over the pool and single-threaded BLAS (see the module docstring for
-    why). ``out``: a C-contiguous array of the result's shape and dtype to write into."""
+    why). ``out``: a C-contiguous array of the result's shape and dtype to write into (to
+    add into, out += a @ b, when accumulate)."""
+    if accumulate and out is None:
+        raise ValueError("matmul: accumulate needs out")
     squeeze = a.ndim == 2 and b.ndim == 2
     a3 = a[None] if a.ndim == 2 else a
     b3 = b[None] if b.ndim == 2 else b
@@ -159,9 +162,9 @@ def matmul(a, b, out=None):
     # the limit is set once, here: OpenBLAS's thread count is one global setting
     with one_blas_thread():
         if a3.shape[1] < SPLIT_COLUMNS_BELOW_ROWS and b3.shape[2] >= 8 * a3.shape[1]:
-            parallel_range(_matmul_cols, b3.shape[2], a3, b3, res, min_per_thread=256)
+            parallel_range(_matmul_cols, b3.shape[2], a3, b3, res, accumulate, min_per_thread=256)
         else:
-            parallel_range(_matmul_rows, a3.shape[1], a3, b3, res, min_per_thread=16)
+            parallel_range(_matmul_rows, a3.shape[1], a3, b3, res, accumulate, min_per_thread=16)
     if out is not None:
         return out
     return res[0] if squeeze else res

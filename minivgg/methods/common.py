@@ -125,10 +125,14 @@ class Objective:
                 dF *= self.cw  # the losses' gradients are fresh arrays: scaled in place
                 _add(grads, name, dF)
             ls = 0.0
+            deferred = getattr(self.L, "style_loss_deferred", None)
             for name, (A, w) in self.style.items():
-                v, dF = self.L.style_loss(feats[name], A)
+                if deferred is not None:  # made when the backward reaches the layer
+                    v, dF = deferred(feats[name], A, self.sw * w)
+                else:
+                    v, dF = self.L.style_loss(feats[name], A)
+                    dF *= self.sw * w
                 ls += w * v
-                dF *= self.sw * w
                 _add(grads, name, dF)
             act = 0.0
             for name, channel, kind in self.activation:
@@ -173,7 +177,14 @@ def _loss_ops(net):
 
 
 def _add(grads, name, g):
-    grads[name] = g if name not in grads else grads[name] + g
+    """grads[name] += g, where either may be a function making the array (style_loss_deferred)."""
+    if name not in grads:
+        grads[name] = g
+    elif callable(g) or callable(grads[name]):
+        a, b = grads[name], g
+        grads[name] = lambda: (a() if callable(a) else a) + (b() if callable(b) else b)
+    else:
+        grads[name] = grads[name] + g
 
 
 def _activation(F, channel, kind):
