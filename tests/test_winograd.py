@@ -243,7 +243,18 @@ def test_ops_route_and_fall_back(monkeypatch):
     state = {}
     y, cache = ops.conv2d_forward(x, W, b, 1, 1, state)
     dx, dW, db = ops.conv2d_backward(dy, cache, True)
-    assert state["winograd"].shape == (36, 32, 32)  # one transform serves both directions
+    assert list(state) == ["winograd36"]  # taps not gathered (no layer made them): all of U
+    assert state["winograd36"].shape == (36, 32, 32)  # one transform serves both directions
+    # a layer's weights (ops.layer_weights): W a view of the taps as rows, U's 32 inner
+    # positions kept, the corners read from the taps; the same numbers to the bit
+    st = {}
+    Wl = ops.layer_weights(W, st)
+    assert np.shares_memory(Wl, st["winograd9"]) and np.array_equal(Wl, W)
+    yl, cl = ops.conv2d_forward(x, Wl, b, 1, 1, st)
+    dxl, dWl, dbl = ops.conv2d_backward(dy, cl, True)
+    assert st["winograd"].shape == (32, 32, 32) and st["winograd9"].shape == (9, 32, 32)
+    for a, a0 in ((yl, y), (dxl, dx), (dWl, dW), (dbl, db)):
+        np.testing.assert_array_equal(a, a0)
     monkeypatch.setenv("MINIVGG_CONV", "im2col")
     y0, cache0 = ops.conv2d_forward(x, W, b, 1, 1, {})
     dx0, dW0, db0 = ops.conv2d_backward(dy, cache0, True)
@@ -321,27 +332,34 @@ def _vgg16_in_modes(monkeypatch, modes, size, layers, pooling="avg", seed=1):
     return params, out
 
 
+def _weights_states(net, params):
+    """{conv name: its state}, after checking that each 3x3 layer's W is a view of its taps
+    as rows (9, Cout, Cin) with the values given: the weights held once in every mode."""
+    convs = {n: l for n, l in net.layers.items() if n.startswith("conv")}
+    for n, l in convs.items():
+        assert np.array_equal(l.W, params[n][0])
+        assert l.state["winograd9"].shape == (9,) + l.W.shape[:2]
+        assert np.shares_memory(l.W, l.state["winograd9"]) and not l.W.flags.c_contiguous
+    return {n: l.state for n, l in convs.items()}
+
+
 @pytest.mark.parametrize("pooling", ["avg", "max"])
 def test_streamed_weights_in_the_net(monkeypatch, pooling):
-    """MINIVGG_WINOGRAD_WEIGHTS=stream: the layers keep the taps as rows (9, Cout, Cin), no U,
-    their W is a view of the taps (the weights held once, the values unchanged), and the
-    net's features and gradient agree with the default to float32 rounding: Winograd layers,
-    im2col layers (conv4_x at 8x8 here, from a contiguous copy) and, with max pooling, the
-    ties recomputed from the strided W."""
+    """MINIVGG_WINOGRAD_WEIGHTS=stream: no layer keeps U (keep: every Winograd layer keeps
+    its 32 inner positions, the corners being the taps), and the net's features and
+    gradient agree with keep's to float32 rounding: Winograd layers, im2col layers (conv4_x
+    at 8x8 here, from a contiguous copy) and, with max pooling, the ties recomputed from
+    the strided W."""
     layers = ["relu1_1", "relu3_1", "relu4_2"]
     params, nets = _vgg16_in_modes(monkeypatch, ("keep", "stream"), 64, layers, pooling)
     out = {mode: (f, dx) for mode, (_, f, dx) in nets.items()}
     for mode, (net, _, _) in nets.items():
-        convs = {n: l for n, l in net.layers.items() if n.startswith("conv")}
-        states = [l.state for l in convs.values() if "winograd" in l.state or "winograd9" in l.state]
-        assert states and all(("winograd9" in st) == (mode == "stream") and ("winograd" in st) == (mode == "keep") for st in states)
-        for n, l in convs.items():
-            assert np.array_equal(l.W, params[n][0])
-            assert ("winograd9" in l.state and np.shares_memory(l.W, l.state["winograd9"])) == (mode == "stream")
-            assert l.W.flags.c_contiguous == (mode == "keep")
-        if mode == "stream":
-            assert "dense" in convs["conv4_2"].state  # 8x8: im2col, from a contiguous copy
-    assert all(st["winograd9"].shape[0] == 9 for st in states)
+        states = _weights_states(net, params)
+        for n in ("conv1_2", "conv2_1", "conv3_1", "conv3_3"):  # Winograd layers at 64x64
+            assert ("winograd" in states[n]) == (mode == "keep")
+            if mode == "keep":
+                assert states[n]["winograd"].shape == (32,) + net.layers[n].W.shape[:2]
+        assert "dense" in states["conv4_2"] and "winograd" not in states["conv4_2"]  # 8x8: im2col
     for l in layers:
         assert rel(out["stream"][0][l], out["keep"][0][l]) < 1e-5
     assert rel(out["stream"][1], out["keep"][1]) < 1e-4
@@ -349,27 +367,76 @@ def test_streamed_weights_in_the_net(monkeypatch, pooling):
 
 def test_large_layers_stream(monkeypatch):
     """MINIVGG_WINOGRAD_WEIGHTS=large: only the layers of at least 512 x 512 channels (here
-    conv4_2, at 16x16 a Winograd layer) keep their taps as rows and make U as they go, with
-    W a view of the taps; the others keep U and their own W. Features and gradient agree
-    with the default (every layer keeps U) to float32 rounding."""
+    conv4_2, at 16x16 a Winograd layer) make U as they go; the others keep U's 32 inner
+    positions. Features and gradient agree with keep's (every layer keeps U) to float32
+    rounding."""
     layers = ["relu1_2", "relu3_1", "relu4_2"]
     params, nets = _vgg16_in_modes(monkeypatch, ("keep", "large"), 128, layers, seed=2)
     out = {mode: (f, dx) for mode, (_, f, dx) in nets.items()}
     for mode, (net, _, _) in nets.items():
-        for n, l in net.layers.items():
-            if not n.startswith("conv"):
-                continue
-            assert np.array_equal(l.W, params[n][0])
-            large = mode == "large" and l.W.shape[0] * l.W.shape[1] >= ops.LARGE_PAIRS
+        for n, st in _weights_states(net, params).items():
+            large = mode == "large" and net.layers[n].W.shape[0] * net.layers[n].W.shape[1] >= ops.LARGE_PAIRS
             assert large == (n == "conv4_2" and mode == "large")
-            assert ("winograd9" in l.state) == large and l.W.flags.c_contiguous != large
-            if large:
-                assert np.shares_memory(l.W, l.state["winograd9"]) and "winograd" not in l.state
-            elif n != "conv1_1":  # conv1_1 (3 channels) is im2col's
-                assert l.state["winograd"].shape[0] == 36
+            assert ("winograd" in st) != large
+            if not large:  # conv1_1 too: its backward (64 channels summed) is Winograd's
+                assert st["winograd"].shape == (32,) + net.layers[n].W.shape[:2]
     for l in layers:
         assert rel(out["large"][0][l], out["keep"][0][l]) < 1e-5
     assert rel(out["large"][1], out["keep"][1]) < 1e-4
+
+
+def test_auto_streams_large_layers_on_small_maps(monkeypatch):
+    """The default (auto): a layer of at least 512 x 512 channels makes U as it goes on maps
+    of at most STREAM_TILES tiles (conv4_2 at 16x16 from a 128 image) and keeps U on larger
+    ones (at 20x20 from 160, U made then, beside the taps); the others always keep U.
+    Features and gradient agree with keep's to float32 rounding; unset means auto."""
+    monkeypatch.delenv("MINIVGG_WINOGRAD_WEIGHTS", raising=False)
+    assert ops.winograd_weights_mode() == "auto"
+    layers = ["relu1_2", "relu3_1", "relu4_2"]
+    params, nets = _vgg16_in_modes(monkeypatch, ("keep", "auto"), 128, layers, seed=3)
+    states = _weights_states(nets["auto"][0], params)
+    assert "winograd" not in states["conv4_2"]
+    assert all("winograd" in st for n, st in states.items() if n != "conv4_2")
+    for l in layers:
+        assert rel(nets["auto"][1][l], nets["keep"][1][l]) < 1e-5
+    assert rel(nets["auto"][2], nets["keep"][2]) < 1e-4
+    net = nets["auto"][0]
+    x = np.random.default_rng(4).standard_normal((1, 3, 160, 160)).astype(np.float32)
+    f = net.forward(x, ["relu4_2"])
+    net.backward({"relu4_2": np.ones_like(f["relu4_2"])})
+    assert states["conv4_2"]["winograd"].shape == (32, 512, 512)
+
+
+def test_kept_inner_positions_and_taps_equal_all_of_U(monkeypatch):
+    """transform_weights(W, corners=False) is U without the corners, which are W's corner
+    taps exactly; the products from (those 32, gather_weights(W)) give the 36-position U's
+    numbers to the bit, forward and backward, bands and whole maps, 1-3 threads, with
+    gemm.py's kernel and with numpy's BLAS. Mismatched pairs are refused."""
+    from minivgg.cpu import gemm
+
+    rng = np.random.default_rng(11)
+    W = he_weights(rng, 24, 40)
+    U, w9, Ui = winograd.transform_weights(W), winograd.gather_weights(W), winograd.transform_weights(W, corners=False)
+    np.testing.assert_array_equal(U[list(winograd.INNER)], Ui)
+    np.testing.assert_array_equal(U[list(winograd.CORNERS)], w9[list(winograd.CORNER_TAPS)])
+    b = rng.standard_normal(24).astype(np.float32)
+    for blas in (False, True):
+        if blas:
+            monkeypatch.setattr(gemm, "available", lambda: False)
+        for h, w in [(9, 7), (64, 60)]:  # one whole map; bands
+            x = rng.standard_normal((1, 40, h, w)).astype(np.float32)
+            dy = rng.standard_normal((1, 24, h, w)).astype(np.float32)
+            y = np.maximum(rng.standard_normal(dy.shape), 0).astype(np.float32)
+            for threads in (1, 2, 3):
+                for wt in (U, (Ui, w9)):
+                    got = (winograd.conv3x3_forward(x, wt, b, relu=True, threads=threads, W=W),
+                           winograd.conv3x3_backward_input(dy, wt, mask=y, threads=threads))
+                    if wt is U:
+                        ref = got
+                for a, a0 in zip(got, ref):
+                    np.testing.assert_array_equal(a, a0)
+    with pytest.raises(ValueError, match="corners=False"):
+        winograd.conv3x3_forward(x, (U, w9), b)
 
 
 def test_unknown_weights_mode_is_a_clear_error(monkeypatch):
@@ -378,7 +445,7 @@ def test_unknown_weights_mode_is_a_clear_error(monkeypatch):
     from minivgg.vgg import random_weights
 
     monkeypatch.setenv("MINIVGG_WINOGRAD_WEIGHTS", "streaming")
-    with pytest.raises(MiniVGGError, match="MINIVGG_WINOGRAD_WEIGHTS=streaming.*keep, large, stream"):
+    with pytest.raises(MiniVGGError, match="MINIVGG_WINOGRAD_WEIGHTS=streaming.*auto, keep, large, stream"):
         load_vgg("vgg16", weights=random_weights("vgg16"), up_to="relu1_2")
 
 

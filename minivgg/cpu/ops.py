@@ -56,42 +56,52 @@ def _winograd_applies(x, W, stride, pad, summed_channels):
 
 
 # The Winograd transformed weights U are 4x the taps (36 values per 3x3 kernel; 197 MB for
-# VGG-19 to relu5_1). MINIVGG_WINOGRAD_WEIGHTS chooses which layers keep U and which keep
-# only the taps, from which the products make U block by block as they go:
-#   keep   (the default) every Winograd layer keeps U: the fastest;
-#   large  layers of at least LARGE_PAIRS input x output channels (VGG's 512 x 512:
-#          conv4_2 - conv4_4 and conv5_x, U 36 MiB each) make U as they go, the rest keep it;
+# VGG-19 to relu5_1). Every 3x3 float32 layer holds its taps as rows (9, Cout, Cin), gathered
+# when it is made (``layer_weights``; its W is a view of them), and U's four corner positions
+# are those taps (winograd.CORNERS), so a layer that keeps U keeps only the other 32
+# (``transform_weights(W, corners=False)``). MINIVGG_WINOGRAD_WEIGHTS chooses which layers
+# keep U and which make it from the taps block by block as they go:
+#   auto   (the default) as keep, except that a layer of at least LARGE_PAIRS input x output
+#          channels (VGG's 512 x 512: conv4_2 - conv4_4, conv5_x; U 32 MiB each) makes U as
+#          it goes on maps of at most STREAM_TILES 4x4 tiles (16x16: conv5_1 at 256x256),
+#          where that costs least (+0.7 - 0.9 ms forward and backward against +1.2 - 1.4 at
+#          32x32 and +2.4 at 64x64, one layer alternated in one process);
+#   keep   every Winograd layer keeps U: the fastest;
+#   large  the layers of at least LARGE_PAIRS channels make U as they go on every map;
 #   stream every Winograd layer makes U as it goes: the least memory.
-# Measured (scripts/bench.py and alternated in one process; docs/winograd.md): at 256x256
-# large 566 -> 427 MB for +1.5 - 2.0 ms per large layer, forward and backward (5-7 ms an
-# iteration), stream 376 MB for 5-20%.
+# Measured (scripts/bench.py and alternated in one process; docs/winograd.md).
 LARGE_PAIRS = 512 * 512
-WEIGHTS_MODES = ("keep", "large", "stream")
+STREAM_TILES = 16
+WEIGHTS_MODES = ("auto", "keep", "large", "stream")
 
 
 def winograd_weights_mode():
-    """``MINIVGG_WINOGRAD_WEIGHTS`` (``keep``, ``large`` or ``stream``; unset: ``keep``)."""
-    mode = os.environ.get("MINIVGG_WINOGRAD_WEIGHTS", "").strip().lower() or "keep"
+    """``MINIVGG_WINOGRAD_WEIGHTS`` (``auto``, ``keep``, ``large`` or ``stream``; unset: ``auto``)."""
+    mode = os.environ.get("MINIVGG_WINOGRAD_WEIGHTS", "").strip().lower() or "auto"
     if mode not in WEIGHTS_MODES:
         raise MiniVGGError(f"MINIVGG_WINOGRAD_WEIGHTS={mode}: not a mode; use one of {', '.join(WEIGHTS_MODES)}")
     return mode
 
 
-def _streams(W):
-    """Whether a 3x3 layer's Winograd products make U from the taps as they go."""
+def _streams(W, tiles):
+    """Whether a 3x3 layer's Winograd products make U from the taps as they go, on a map of
+    ``tiles`` 4x4 tiles."""
     mode = winograd_weights_mode()
-    return mode == "stream" or (mode == "large" and W.shape[0] * W.shape[1] >= LARGE_PAIRS)
+    if mode in ("stream", "keep"):
+        return mode == "stream"
+    return W.shape[0] * W.shape[1] >= LARGE_PAIRS and (mode == "large" or tiles <= STREAM_TILES)
 
 
 def layer_weights(W, state):
     """The array a conv layer keeps as its weights, chosen once when the layer is made.
 
-    A 3x3 float32 layer whose products stream (``_streams``) has its taps gathered into
-    rows (9, Cout, Cin) for the Winograd products (``state["winograd9"]``) and its W becomes
-    a strided view of them, so the weights are held once. Everything else keeps W as given."""
-    if not (isinstance(W, np.ndarray) and W.dtype == np.float32 and W.ndim == 4
-            and W.shape[2:] == (3, 3) and _streams(W)):
+    A 3x3 float32 layer has its taps gathered into rows (9, Cout, Cin) for the Winograd
+    products (``state["winograd9"]``: U's corners, or all of U made as the products go) and
+    its W becomes a strided view of them, so the weights are held once. Everything else
+    keeps W as given."""
+    if not (isinstance(W, np.ndarray) and W.dtype == np.float32 and W.ndim == 4 and W.shape[2:] == (3, 3)):
         return W
+    winograd_weights_mode()  # an unknown mode is an error when the net is made
     w9 = state["winograd9"] = winograd.gather_weights(W)
     return w9.transpose(1, 2, 0).reshape(W.shape)  # W[o, c, a, e] = w9[3a + e, o, c], no copy
 
@@ -108,19 +118,28 @@ def _dense(state, W):
     return d
 
 
-def _winograd_weights(state, W):
-    """The layer's weights for the Winograd path, made once and kept in its state dict: the
-    3x3 taps as rows (9, Cout, Cin) when the layer streams (``_streams``; gathered when the
-    layer was made, ``layer_weights``), from which the products make U as they go, else the
-    transformed weights U (36, Cout, Cin)."""
-    for key in ("winograd9", "winograd"):
-        if key in state:
-            return state[key]
-    if _streams(W):
-        U = state["winograd9"] = winograd.gather_weights(W)
-    else:
-        U = state["winograd"] = winograd.transform_weights(W)
-    return U
+def _tiles(x):
+    return -(-x.shape[2] // 4) * -(-x.shape[3] // 4)
+
+
+def _winograd_weights(state, W, tiles):
+    """The layer's weights for the Winograd path on a map of ``tiles`` 4x4 tiles, made once
+    and kept in its state dict: the taps as rows w9 (9, Cout, Cin) when the layer streams
+    there (``_streams``), from which the products make U as they go; else (U's 32 inner
+    positions, w9), U made the first time it is needed. A layer whose taps were not gathered
+    when it was made keeps all of U (36, Cout, Cin)."""
+    w9 = state.get("winograd9")
+    if w9 is None:
+        U = state.get("winograd36")
+        if U is None:
+            U = state["winograd36"] = winograd.transform_weights(W)
+        return U
+    if _streams(W, tiles):
+        return w9
+    U = state.get("winograd")
+    if U is None:
+        U = state["winograd"] = winograd.transform_weights(W, corners=False)
+    return U, w9
 
 
 def _out_size(n, ksize, stride, pad):
@@ -130,7 +149,7 @@ def _out_size(n, ksize, stride, pad):
 def conv2d_forward(x, W, b, stride, pad, state):
     """y[n] = W.reshape(Cout, C*kh*kw) @ im2col(x[n]) + b (or its Winograd equivalent)."""
     if _winograd_applies(x, W, stride, pad, W.shape[1]):
-        U = _winograd_weights(state, W)
+        U = _winograd_weights(state, W, _tiles(x))
         return winograd.conv3x3_forward(x, U, b, W=W), (x, W, stride, pad, state)
     return _im2col_forward(x, _dense(state, W), b, stride, pad, False), (x, W, stride, pad, state)
 
@@ -170,7 +189,7 @@ def conv2d_backward(dy, cache, param_grads):
     dtype = np.result_type(dy.dtype, W.dtype)
     if dy.dtype == np.float32 and _winograd_applies(x, W, stride, pad, Cout):  # sums over Cout
         # the forward's transformed weights serve the backward too (winograd.py, AT_BWD)
-        U = _winograd_weights(state, W)
+        U = _winograd_weights(state, W, _tiles(x))
         dx = winograd.conv3x3_backward_input(dy, U)
     else:
         dx = _im2col_backward_input(dy, _dense(state, W), stride, pad, x.shape)
@@ -253,7 +272,7 @@ def conv2d_relu_forward(x, W, b, stride, pad, state, pool_ties=False):
     (``winograd.refine_pool_ties``) so that it picks the units an exact computation would.
     """
     if _winograd_applies(x, W, stride, pad, W.shape[1]):
-        U = _winograd_weights(state, W)
+        U = _winograd_weights(state, W, _tiles(x))
         y = winograd.conv3x3_forward(x, U, b, relu=True, W=W)
     else:
         y = _im2col_forward(x, _dense(state, W), b, stride, pad, True)
@@ -278,7 +297,7 @@ def relu_conv2d_backward(dy, y, cache, extra=None, pooled=False):
     if not extra_fits:
         dy, extra = dy + extra, None
     if winograd_ok:
-        U = _winograd_weights(state, W)
+        U = _winograd_weights(state, W, _tiles(x))
         return winograd.conv3x3_backward_input(dy, U, mask=y, extra=extra, pooled=pooled)
     return _im2col_backward_input(dy, _dense(state, W), stride, pad, x.shape, mask=y, extra=extra)
 

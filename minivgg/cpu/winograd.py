@@ -111,19 +111,31 @@ AT_BWD = np.array(
 ALGORITHMS = {"fwd": (BT, AT), "bwd": (BT_BWD, AT_BWD)}
 
 
-def transform_weights(W, block=32):
-    """U (36, Cout, Cin) float32 with U[xi] = (G W[o, c] G^T)[xi], computed in float64.
+# G's first and last rows are unit vectors, so U[xi] at the four corners of the 6x6 tile
+# (xi = 0, 5, 30, 35) is a corner tap of W ((0, 0), (0, 2), (2, 0), (2, 2): rows 0, 2, 6, 8 of
+# gather_weights(W)), the same float32 numbers. A layer that holds its taps as rows keeps
+# only U's other 32 positions (transform_weights(W, corners=False)); the products read the
+# corners from the taps (U's memory -1/9).
+CORNERS = (0, 5, 30, 35)
+CORNER_TAPS = (0, 2, 6, 8)
+INNER = tuple(xi for xi in range(36) if xi not in CORNERS)
+
+
+def transform_weights(W, block=32, corners=True):
+    """U (36, Cout, Cin) float32 with U[xi] = (G W[o, c] G^T)[xi], computed in float64;
+    without the corners (corners=False) U[INNER] (32, Cout, Cin).
 
     A few output channels at a time, so the float64 temporaries stay small (a whole
     512x512 layer at once would briefly need ~130 MB).
     """
     W = np.asarray(W)
     cout, cin = W.shape[0], W.shape[1]
-    U = np.empty((36, cout, cin), np.float32)
+    keep = list(range(36)) if corners else list(INNER)
+    U = np.empty((len(keep), cout, cin), np.float32)
     for o0 in range(0, cout, block):
         Wb = W[o0 : o0 + block].astype(np.float64)
-        Ub = np.einsum("ka,ocab,lb->kloc", G, Wb, G, optimize=True)
-        U[:, o0 : o0 + block] = Ub.reshape(36, -1, cin)
+        Ub = np.einsum("ka,ocab,lb->kloc", G, Wb, G, optimize=True).reshape(36, -1, cin)
+        U[:, o0 : o0 + block] = Ub[keep]
     return U
 
 
@@ -420,10 +432,61 @@ def _products_streamed(w9, backward, Vg, Mg, r0, r1):
                 Mg[xs, a:e] = np.matmul(U6, Vg[xs])
 
 
+@njit(nogil=True, cache=True)
+def _products_kept(Ui, w9, Vg, Mg, o0, o1, backward):
+    """M[xi][o] = U[xi][o] @ V[xi] (backward: U[xi][:, o]^T @ V[xi]) for the 36 positions xi,
+    o in o0..o1-1, with U[xi] = Ui[the index of xi in INNER], or at the corners w9's tap."""
+    cout, cin = Ui.shape[1], Ui.shape[2]
+    plane = cout * cin
+    if backward:  # A[r, k] = U[xi][k, o0 + r]
+        sai, sak, K, off = 1, cin, cout, o0
+    else:  # A[r, k] = U[xi][o0 + r, k]
+        sai, sak, K, off = cin, 1, cin, o0 * cin
+    sbb, ldb = Vg.strides[0] // 4, Vg.strides[1] // 4
+    scb, ldc = Mg.strides[0] // 4, Mg.strides[1] // 4
+    m, n = o1 - o0, Vg.shape[2]
+    j = 0
+    for xi in range(36):
+        co = xi * scb + o0 * ldc
+        if xi == 0 or xi == 5 or xi == 30 or xi == 35:
+            t = (xi // 30) * 6 + (xi % 6) // 5 * 2  # 0, 2, 6, 8: CORNER_TAPS
+            gemm._gemm_flat(w9, t * plane + off, sai, sak, Vg, xi * sbb, ldb, Mg, co, ldc, m, n, K, False)
+        else:
+            gemm._gemm_flat(Ui, j * plane + off, sai, sak, Vg, xi * sbb, ldb, Mg, co, ldc, m, n, K, False)
+            j += 1
+
+
+def _position_runs():
+    """INNER and CORNERS as runs of consecutive positions: (xi0, xi1, from the taps, first row)."""
+    runs, j = [], 0
+    for xi in range(36):
+        if xi in CORNERS:
+            runs.append((xi, xi + 1, True, CORNER_TAPS[CORNERS.index(xi)]))
+        elif runs and not runs[-1][2] and runs[-1][1] == xi:
+            runs[-1] = (runs[-1][0], xi + 1, False, runs[-1][3])
+        else:
+            runs.append((xi, xi + 1, False, j))
+        j += xi not in CORNERS
+    return runs
+
+
+_RUNS = _position_runs()
+
+
 def _products(wt, backward, Vg, Mg, o0, o1):
     """Rows o0..o1-1 of all 36 products (M[xi][o] = U[xi][o] @ V[xi], in the backward
-    U[xi][:, o]^T @ V[xi]), in this thread: from the kept U, or made from w9 as they go."""
-    if _streamed(wt):
+    U[xi][:, o]^T @ V[xi]), in this thread: from the kept U (all 36 positions, or the 32
+    inner ones and the taps), or made from w9 as they go."""
+    if isinstance(wt, tuple):
+        Ui, w9 = wt
+        if gemm.available():
+            _products_kept(Ui, w9, Vg, Mg, o0, o1, backward)
+            return
+        for xi0, xi1, taps, r in _RUNS:  # numpy's BLAS (no AVX-512): the same products
+            Ur = (w9 if taps else Ui)[r : r + xi1 - xi0]
+            Ug = Ur.transpose(0, 2, 1) if backward else Ur
+            np.matmul(Ug[:, o0:o1], Vg[xi0:xi1], out=Mg[xi0:xi1, o0:o1])
+    elif _streamed(wt):
         _products_streamed(wt, backward, Vg, Mg, o0, o1)
     else:
         Ug = wt.transpose(0, 2, 1) if backward else wt
@@ -467,7 +530,6 @@ def _whole(x, mask, extra, pooled, wt, b, relu, y, th, tw, nthreads, bufs, backw
 # in cache): 256x256 iteration -4.5 ms over 7 alternated pairs, 512 the same or faster,
 # peak memory -20 MB at 256 and -50 MB at 512 (smaller band buffers). 64 was slower at 512.
 MIN_BAND_TILES = 128
-KEEP_BYTES = 24 << 20  # whole-map buffers up to this size are kept between calls
 BAND_BYTES = 3 << 20  # V + M of one band: with gemm.py the GEMMs no longer need larger bands (measured: 6 -> 3 MiB, 256x256 iteration 160 -> 155 ms, 512 unchanged; half the workspace)
 
 
@@ -492,10 +554,17 @@ def _conv(x, U, b, relu, mask, out, threads, backward, W=None, extra=None, poole
             raise ValueError("pooled needs a mask whose 2x2 pooling has the shape of the input")
         H, Wd = mask.shape[2], mask.shape[3]
     # forward: M[xi] = U[xi] @ V[xi]; backward: M[xi] = U[xi]^T @ V[xi] (U read in place, no copy)
-    if U.ndim != 3 or U.shape[0] not in (9, 36):
-        raise ValueError(f"weights of shape {U.shape}: need transform_weights(W) or gather_weights(W)")
-    U = np.ascontiguousarray(U, dtype=np.float32)
-    cout, k = (U.shape[2], U.shape[1]) if backward else (U.shape[1], U.shape[2])
+    if isinstance(U, tuple):  # (transform_weights(W, corners=False), gather_weights(W))
+        if len(U) != 2 or U[0].shape != (32,) + U[1].shape[1:] or U[1].ndim != 3 or U[1].shape[0] != 9:
+            raise ValueError(f"weights of shapes {[u.shape for u in U]}: need (transform_weights(W, corners=False), gather_weights(W))")
+        U = tuple(np.ascontiguousarray(u, dtype=np.float32) for u in U)
+        shape = U[1].shape
+    else:
+        if U.ndim != 3 or U.shape[0] not in (9, 36):
+            raise ValueError(f"weights of shape {U.shape}: need transform_weights(W) or gather_weights(W)")
+        U = np.ascontiguousarray(U, dtype=np.float32)
+        shape = U.shape
+    cout, k = (shape[2], shape[1]) if backward else (shape[1], shape[2])
     if k != cin:
         raise ValueError(f"weights for {k} input channels, input has {cin}")
     b = np.zeros(cout, np.float32) if b is None else np.ascontiguousarray(b, dtype=np.float32)
@@ -522,12 +591,11 @@ def _conv(x, U, b, relu, mask, out, threads, backward, W=None, extra=None, poole
             _run([(_band, x[i], masks[i], extras[i], pooled, U, b, relu, y[i], r0, r1, tw, backward, W) for i, r0, r1 in bands], nthreads)
         else:
             T = th * tw
-            # the calling thread's workspace (not a pool thread's), reused to spare page
-            # faults; above KEEP_BYTES allocated per call instead, so that a deep layer's
-            # large V and M do not stay resident through the rest of the iteration
-            size = _buffer_size(cin, cout, T)
-            buf = _workspace().get(size) if 4 * size <= KEEP_BYTES else np.empty(size, np.float32)
-            bufs = _buffers(buf, cin, cout, T)
+            # V and M for this call only: freed, their block is there for the next layer's
+            # arrays (kept between calls, conv3_x's 19 MB at 256x256 were idle at the peak,
+            # conv1_2's backward: +14 MB). malloc keeps freed blocks mapped (arena.py), so
+            # a new one costs no page faults: the same time, alternated in separate processes.
+            bufs = _buffers(np.empty(_buffer_size(cin, cout, T), np.float32), cin, cout, T)
             for i in range(n):
                 _whole(x[i], masks[i], extras[i], pooled, U, b, relu, y[i], th, tw, nthreads, bufs, backward, W)
     return y
