@@ -604,8 +604,10 @@ def _conv(x, U, b, relu, mask, out, threads, backward, W=None, extra=None, poole
 def conv3x3_forward(x, U, b, relu=False, mask=None, out=None, threads=None, W=None):
     """y = conv2d(x, W, b, stride 1, pad 1) (then ReLU when relu), U = transform_weights(W).
 
-    x (N, Cin, H, W) float32; U (36, Cout, Cin) float32, or gather_weights(W) (9, Cout, Cin)
-    for products that make U as they go; b (Cout,) float32 or None.
+    x (N, Cin, H, W) float32; U (36, Cout, Cin) float32, or (transform_weights(W,
+    corners=False), gather_weights(W)) (U's corners read from the taps: the same numbers),
+    or gather_weights(W) (9, Cout, Cin) for products that make U as they go; b (Cout,)
+    float32 or None.
     mask (N, Cin, H, W) or None: convolve x * (mask > 0) instead of x.
     W (Cout, Cin, 3, 3) or None: when given (and no mask), outputs near zero are recomputed
     exactly from it (REFINE_BELOW), so that ReLU signs are as reliable as im2col's.
@@ -621,7 +623,7 @@ def conv3x3_forward(x, U, b, relu=False, mask=None, out=None, threads=None, W=No
 
 def conv3x3_backward_input(dy, U, mask=None, out=None, threads=None, extra=None, pooled=False):
     """dx of y = conv2d(x, W, ., stride 1, pad 1) given dy, from the forward U = transform_weights(W)
-    (or gather_weights(W), as in conv3x3_forward).
+    (or the other forms conv3x3_forward takes).
 
     dy (N, Cout, H, W) float32 -> dx (N, Cin, H, W). mask (N, Cout, H, W) or None: use
     dy * (mask > 0), i.e. the backward of a ReLU whose output is mask, fused in.
