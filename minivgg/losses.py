@@ -68,25 +68,35 @@ def gram_matrix(F):
 
 
 class DeferredGradient:
-    """weight * dE/dF of a style loss, made when asked (style_loss_deferred): ``g()`` returns
-    it as a new array; ``g.add_to(out)`` adds it into out (F's shape and dtype, C-contiguous;
-    ``g.fits(out)`` tells) inside the product that makes it, and returns out. Holds F and
-    the C x C factor (G - A) scaled."""
+    """weight * dE/dF of a style loss, made once, when asked (style_loss_deferred): ``g()``
+    returns it as a new array; ``g.add_to(out)`` adds it into out (F's shape and dtype,
+    C-contiguous; ``g.fits(out)`` tells) inside the product that makes it, and returns out.
+    Until then it holds F and the C x C factor (G - A) scaled; after, nothing (so a
+    backward with keep=False lets F go with its layer), and a second use is an error."""
 
     def __init__(self, xp, Ds, Fm, shape):
         self.xp, self.Ds, self.Fm, self.shape = xp, Ds, Fm, shape
 
+    def _take(self):
+        if self.Fm is None:
+            raise RuntimeError("this style gradient was made already: style_loss_deferred gives one per use")
+        Ds, Fm = self.Ds, self.Fm
+        self.Ds = self.Fm = None
+        return Ds, Fm
+
     def __call__(self):
-        return _matmul(self.xp, self.Ds, self.Fm).reshape(self.shape)
+        Ds, Fm = self._take()
+        return _matmul(self.xp, Ds, Fm).reshape(self.shape)
 
     def fits(self, out):
-        return (out is not None and out.shape == self.shape and out.flags.c_contiguous
+        return (out is not None and self.Fm is not None and out.shape == self.shape and out.flags.c_contiguous
                 and out.dtype == self.xp.result_type(self.Ds.dtype, self.Fm.dtype))
 
     def add_to(self, out):
-        if not self.fits(out):
+        if self.Fm is not None and not self.fits(out):
             raise ValueError(f"add_to: needs a C-contiguous array of shape {self.shape}")
-        _matmul(self.xp, self.Ds, self.Fm, into=out.reshape(self.Fm.shape))
+        Ds, Fm = self._take()
+        _matmul(self.xp, Ds, Fm, into=out.reshape(Fm.shape))
         return out
 
 

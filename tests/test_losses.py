@@ -116,11 +116,18 @@ def test_deferred_style_gradient(N, rng):
     vd, make = style_loss_deferred(F, A, 2.5)
     assert vd == v
     assert rel_err(make(), 2.5 * g.astype(np.float64)) <= 1e-6
+    with pytest.raises(RuntimeError, match="made already"):  # made once: F is let go
+        make()
+    assert make.Fm is None
     base = rng.standard_normal(F.shape).astype(np.float32)
     out = base.copy()
-    assert make.fits(out) and make.add_to(out) is out
-    assert rel_err(out, base + 2.5 * g.astype(np.float64)) <= 1e-6
+    make = style_loss_deferred(F, A, 2.5)[1]
     for bad in (base[..., :-1].copy(), np.asfortranarray(base), base.astype(np.float64), None):
         assert not make.fits(bad)
     with pytest.raises(ValueError, match="add_to"):
         make.add_to(base[..., :-1].copy())
+    assert make.fits(out) and make.add_to(out) is out
+    assert rel_err(out, base + 2.5 * g.astype(np.float64)) <= 1e-6
+    assert not make.fits(base)
+    with pytest.raises(RuntimeError, match="made already"):
+        make.add_to(out)
