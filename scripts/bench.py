@@ -3,7 +3,8 @@
 
 One iteration = VGG-19 (average pooling) forward to relu1_1 relu2_1 relu3_1 relu4_1
 relu4_2 relu5_1, the content loss (relu4_2) and the five style losses, and backward to
-the image. Each implementation runs in its own worker process (so peak memory is its
+the image; minivgg's as its methods run it (methods.Objective: the style gradients made
+when the backward reaches their layer, ``backward(keep=False)``). Each implementation runs in its own worker process (so peak memory is its
 own: VmHWM of the worker; --in-process runs both in this one process instead), and the
 parent interleaves the two: one minivgg iteration, one torch iteration, and so on.
 Before timing, one minivgg iteration per size runs in a throwaway process, so that the
@@ -75,7 +76,8 @@ def _minivgg_step(arch, size, device):
         for l in STYLE:  # as the methods do: each gradient made when the backward needs it
             v, grads[l] = style_loss_deferred(f[l], targets[l], 1e3 / len(STYLE))
             loss += 1e3 / len(STYLE) * v
-        dx = net.backward(grads)
+        del f  # and, as they do, each layer's arrays let go once its backward is done
+        dx = net.backward(grads, keep=False)
         if device == "gpu":
             xp.cuda.Device().synchronize()
         return loss, dx
