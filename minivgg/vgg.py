@@ -267,10 +267,10 @@ class Net:
             below = self.layer_names[i - 1] if i > 0 else ""
             fused = fuse and name.startswith("relu") and below.startswith("conv") and below not in grads
             extra = None  # a loss gradient on this ReLU's output, added inside the fused op
-            gi = grads.get(name)
-            if gi is not None and ours and hasattr(gi, "add_to") and gi.fits(g):
-                g = gi.add_to(g)  # made straight into g (losses.style_loss_deferred): no second array
-            elif gi is not None:
+            if name in grads and ours and hasattr(grads[name], "add_to") and grads[name].fits(g):
+                g = grads[name].add_to(g)  # made straight into g (losses.style_loss_deferred): no second array
+            elif name in grads:
+                gi = grads[name]
                 made = callable(gi)  # a function making the array: the array is ours
                 gi = self.xp.asarray(gi() if made else gi)
                 if g is None:

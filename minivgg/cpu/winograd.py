@@ -432,10 +432,15 @@ def _products_streamed(w9, backward, Vg, Mg, r0, r1):
                 Mg[xs, a:e] = np.matmul(U6, Vg[xs])
 
 
+# Where each position's weights are: its row of U's inner positions (>= 0), or at a corner
+# -1 - its tap's row of the taps.
+_SOURCE = np.array([-1 - CORNER_TAPS[CORNERS.index(xi)] if xi in CORNERS else INNER.index(xi) for xi in range(36)], np.int64)
+
+
 @njit(nogil=True, cache=True)
-def _products_kept(Ui, w9, Vg, Mg, o0, o1, backward):
+def _products_kept(Ui, w9, src, Vg, Mg, o0, o1, backward):
     """M[xi][o] = U[xi][o] @ V[xi] (backward: U[xi][:, o]^T @ V[xi]) for the 36 positions xi,
-    o in o0..o1-1, with U[xi] = Ui[the index of xi in INNER], or at the corners w9's tap."""
+    o in o0..o1-1, with U[xi] = Ui[src[xi]], or w9[-1 - src[xi]] at the corners (_SOURCE)."""
     cout, cin = Ui.shape[1], Ui.shape[2]
     plane = cout * cin
     if backward:  # A[r, k] = U[xi][k, o0 + r]
@@ -445,28 +450,24 @@ def _products_kept(Ui, w9, Vg, Mg, o0, o1, backward):
     sbb, ldb = Vg.strides[0] // 4, Vg.strides[1] // 4
     scb, ldc = Mg.strides[0] // 4, Mg.strides[1] // 4
     m, n = o1 - o0, Vg.shape[2]
-    j = 0
     for xi in range(36):
         co = xi * scb + o0 * ldc
-        if xi == 0 or xi == 5 or xi == 30 or xi == 35:
-            t = (xi // 30) * 6 + (xi % 6) // 5 * 2  # 0, 2, 6, 8: CORNER_TAPS
-            gemm._gemm_flat(w9, t * plane + off, sai, sak, Vg, xi * sbb, ldb, Mg, co, ldc, m, n, K, False)
+        if src[xi] < 0:
+            gemm._gemm_flat(w9, (-1 - src[xi]) * plane + off, sai, sak, Vg, xi * sbb, ldb, Mg, co, ldc, m, n, K, False)
         else:
-            gemm._gemm_flat(Ui, j * plane + off, sai, sak, Vg, xi * sbb, ldb, Mg, co, ldc, m, n, K, False)
-            j += 1
+            gemm._gemm_flat(Ui, src[xi] * plane + off, sai, sak, Vg, xi * sbb, ldb, Mg, co, ldc, m, n, K, False)
 
 
 def _position_runs():
-    """INNER and CORNERS as runs of consecutive positions: (xi0, xi1, from the taps, first row)."""
-    runs, j = [], 0
-    for xi in range(36):
-        if xi in CORNERS:
-            runs.append((xi, xi + 1, True, CORNER_TAPS[CORNERS.index(xi)]))
-        elif runs and not runs[-1][2] and runs[-1][1] == xi:
-            runs[-1] = (runs[-1][0], xi + 1, False, runs[-1][3])
+    """_SOURCE as runs of consecutive positions with consecutive rows of one array:
+    (xi0, xi1, from the taps, first row), for numpy's batched matmul."""
+    runs = []
+    for xi, s in enumerate(_SOURCE.tolist()):
+        taps, r = s < 0, (-1 - s if s < 0 else s)
+        if runs and runs[-1][2] == taps and runs[-1][3] + xi - runs[-1][0] == r:
+            runs[-1] = (runs[-1][0], xi + 1, taps, runs[-1][3])
         else:
-            runs.append((xi, xi + 1, False, j))
-        j += xi not in CORNERS
+            runs.append((xi, xi + 1, taps, r))
     return runs
 
 
@@ -480,7 +481,7 @@ def _products(wt, backward, Vg, Mg, o0, o1):
     if isinstance(wt, tuple):
         Ui, w9 = wt
         if gemm.available():
-            _products_kept(Ui, w9, Vg, Mg, o0, o1, backward)
+            _products_kept(Ui, w9, _SOURCE, Vg, Mg, o0, o1, backward)
             return
         for xi0, xi1, taps, r in _RUNS:  # numpy's BLAS (no AVX-512): the same products
             Ur = (w9 if taps else Ui)[r : r + xi1 - xi0]
