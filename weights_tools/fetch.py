@@ -145,7 +145,9 @@ def fetch(name, dest_dir=None, keep_classifier=False, base_url=None, url=None, m
         if last is not None:
             raise last
     log(f"converting {src}")
-    convert(src, out, arch=entry["arch"], keep_classifier=keep_classifier)
+    known = "torchvision" if name.endswith("-torchvision") and not url else None
+    convert(src, out, arch=entry["arch"], keep_classifier=keep_classifier, log=log, convention=known,
+            reason=f"release: fetch {name} (download.pytorch.org's torchvision weights)" if known else None)
     return out
 
 

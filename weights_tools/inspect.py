@@ -5,12 +5,22 @@ import os
 
 from minivgg.errors import MiniVGGError
 
-from .convert import FC_SPECS, assemble, conv_specs, file_digests, read_source
+from .convert import CONVENTIONS, FC_SPECS, assemble, conv_specs, file_digests, read_source
+
+
+def _name(c):
+    """The convention's name when it is one of the published ones, else "custom"."""
+    for name, ref in CONVENTIONS.items():
+        if (c["channel_order"] == ref["channel_order"] and c["scale"] == ref["scale"]
+                and all(abs(a - b) < 1e-6 for a, b in zip(c["std"], ref["std"]))
+                and all(abs(a - b) < 1e-3 for a, b in zip(c["mean"], ref["mean"]))):
+            return name
+    return "custom"
 
 
 def describe(path):
     """A multi-line report on ``path`` (raises :class:`MiniVGGError` if it can't be read)."""
-    src = read_source(path)
+    src = read_source(path, strict=False)
     where = os.path.basename(path)
     sha, md5 = file_digests(path)
     lines = [
@@ -34,7 +44,22 @@ def describe(path):
             f"input:       {c['channel_order']}, white = {c['scale']:g}, mean = ({', '.join(f'{v:g}' for v in c['mean'])}),"
             f" std = ({', '.join(f'{v:g}' for v in c['std'])})"
         )
-    for key in ("source_format", "source_file", "source_sha256", "normalized", "converter_version",
+        lines.append(f"convention:  {_name(c)}, {src.decided}")
+    else:
+        lines.append(f"convention:  {src.decided}")
+    if src.warning:
+        lines.append(f"warning:     {src.warning.split(': ', 1)[-1]}")
+    info = src.info
+    if info.get("producer"):
+        lines.append(f"producer:    {info['producer']}")
+    if info.get("input_layout"):
+        lines.append(f"graph input: {info['input']!r}, {info['input_layout']}"
+                     + (" (a Transpose to NCHW before the first convolution)" if info["input_layout"] == "NHWC" else ""))
+    if info.get("pooling"):
+        lines.append(f"pooling:     {info['pooling']} in the source graph")
+    for note in src.notes:
+        lines.append(f"note:        {note}")
+    for key in ("source_format", "source_file", "source_sha256", "source_pooling", "normalized", "converter_version",
                 "normalize_pooling", "normalize_images"):
         if src.format == "minivgg" and key in src.meta:
             lines.append(f"{key + ':':<19}{src.meta[key]}")
