@@ -374,6 +374,21 @@ def test_repeated_floats_packed_unpacked_and_mixed():
         protobuf.read_repeated(ld(4, b"abcde"), 0, 7, 4, "<f4")
 
 
+def test_cycle_and_corrupt_tensor_inside_a_valid_graph(tmp_path, p16):
+    nodes = [node("Identity", ["x"], ["y"], "a"), node("Identity", ["y"], ["x"], "b")]
+    path = write(tmp_path / "cycle.onnx", model(nodes, [], [value_info("x", [1, 3, 8, 8])], [value_info("y", [1])]))
+    with pytest.raises(MiniVGGError, match="cycle"):
+        read_source(path, convention="caffe")
+    # conv1_1's bias: dims say 64 floats, the (unpacked) float_data holds 63
+    W = np.zeros((64, 3, 3, 3), np.float32)
+    bias = sint(1, 64) + sint(2, 1) + ld(8, b"b") + b"".join(key(4, 5) + b"\0\0\0\0" for _ in range(63))
+    nodes = [node("Conv", ["x", "w", "b"], ["c"], "c0", kernel_shape=[3, 3], pads=[1, 1, 1, 1])]
+    path = write(tmp_path / "bad.onnx", model(nodes, [tensor("w", W), bias], [value_info("x", [1, 3, 8, 8])],
+                                              [value_info("c", [1])]))
+    with pytest.raises(MiniVGGError, match="bad.onnx: .*needs 64 values but holds 63"):
+        read_source(path, convention="caffe")
+
+
 def test_typed_data_count_must_match_dims(tmp_path):
     t = sint(1, 4) + sint(2, 1) + ld(8, b"w") + ld(4, np.zeros(3, "<f4").tobytes())
     g = onnx_reader.Graph(str(tmp_path / "m.onnx"), t)
@@ -445,6 +460,16 @@ def test_torch_file_with_unknown_values_assumed_torchvision_with_one_warning(tmp
     assert len(logs) == 1 and logs[0].startswith("warning: mine.pth: ") and "--convention caffe" in logs[0]
     meta = convert(path, str(tmp_path / "o2.h5"), convention="caffe", log=logs.append)
     assert meta["convention"]["channel_order"] == "BGR" and len(logs) == 1
+
+
+def test_matconvnet_keeps_its_stored_normalization(tmp_path, p16):
+    """MatConvNet's copy of Caffe VGG-16 (channels reversed): the file's averageImage is
+    kept, the fingerprint only confirms the release."""
+    path = str(tmp_path / "imagenet-vgg-verydeep-16.mat")
+    gen.write_matconvnet(path, "vgg16", with_caffe16_fingerprint(p16, reverse=True), mean_rgb=(120.0, 115.0, 100.0))
+    src = read_source(path)
+    assert src.convention["mean"] == pytest.approx((120.0, 115.0, 100.0))
+    assert src.decided.startswith("stored") and "reversed to RGB" in src.decided
 
 
 def test_caffe_and_keras_files_fingerprinted_or_by_format(tmp_path, p16):

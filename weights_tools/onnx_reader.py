@@ -291,6 +291,7 @@ class Walker:
         self.g = g
         self.producer = {}
         self.consumers = {}
+        self.visited = set()
         for node in g.nodes:
             for o in node.outputs:
                 self.producer[o] = node
@@ -365,6 +366,10 @@ class Walker:
         if len(nodes) > 1:
             self.fail(f"{where}: tensor {cur!r} feeds {len(nodes)} nodes ({', '.join(n.op for n in nodes)}):"
                       " a branching graph, not a plain VGG chain")
+        if nodes:
+            if id(nodes[0]) in self.visited:
+                self.fail(f"{nodes[0].label()} is reached twice: the graph has a cycle")
+            self.visited.add(id(nodes[0]))
         return nodes[0] if nodes else None
 
     def data_input(self, node):
@@ -384,6 +389,15 @@ def read_onnx(path):
     """``(convs, fcs, info)``: convs and fcs ``[(source name, W, b)]`` in our layout; info a
     dict with ``input_layout``, ``pooling``, ``producer``, ``notes``."""
     g = read_graph(path)
+    try:
+        return _walk(g)
+    except ProtoError as e:  # tensor data is parsed lazily, during the walk
+        raise MiniVGGError(f"{g.where}: not a valid ONNX model (truncated or corrupt tensor: {e})") from None
+    except OSError as e:
+        raise MiniVGGError(f"{g.where}: cannot read its external data ({e.strerror or e})") from None
+
+
+def _walk(g):
     w = Walker(g)
     inits = g.initializers
     data_inputs = [n for n in g.inputs if n not in inits]
