@@ -203,14 +203,16 @@ def p16():
     return gen.random_params("vgg16", seed=3)
 
 
-def with_caffe16_fingerprint(params, reverse=False):
-    """``params`` with conv1_1 / conv1_2's first values set to the Caffe VGG-16 release's
-    published ones (and conv1_1's input channels reversed, as MatConvNet stores them)."""
+def with_fingerprint(params, reverse=False, release=CAFFE16):
+    """``params`` with conv1_1 / conv1_2's first values set to a release's published ones
+    (default Caffe VGG-16; ``reverse``: conv1_1's input channels reversed, as MatConvNet
+    stores them)."""
     p = {k: (W.copy(), b.copy()) for k, (W, b) in params.items()}
     W1, b1 = p["conv1_1"]
-    W1[0, 0, 0, :3] = CAFFE16["conv1_1_row"]
-    b1[:3] = CAFFE16["conv1_1_bias"]
-    p["conv1_2"][1][0] = CAFFE16["conv1_2_bias0"]
+    W1[0, 0, 0, :3] = release["conv1_1_row"]
+    b1[:3] = release["conv1_1_bias"]
+    if release["conv1_2_bias0"] is not None:
+        p["conv1_2"][1][0] = release["conv1_2_bias0"]
     if reverse:
         p["conv1_1"] = (np.ascontiguousarray(W1[:, ::-1]), b1)
     return p
@@ -295,7 +297,7 @@ def test_imagenet_classifier_kept_in_our_layout(tmp_path, p16, flavour, monkeypa
 
 
 def test_non_imagenet_head_skipped_and_keep_classifier_refused(tmp_path, p16, capsys):
-    path = write(tmp_path / "mri.onnx", vgg_onnx("vgg16", with_caffe16_fingerprint(p16), "tf2onnx",
+    path = write(tmp_path / "mri.onnx", vgg_onnx("vgg16", with_fingerprint(p16), "tf2onnx",
                                                  fc=small_head(np.random.default_rng(2))))
     out = str(tmp_path / "o.h5")
     assert cli.main(["convert", path, "--out", out, "--keep-classifier"]) == 2
@@ -413,7 +415,7 @@ def test_unrecognized_onnx_needs_convention(tmp_path, p16, capsys):
 
 @pytest.mark.parametrize("reverse, convention", [(False, mw.CAFFE), (True, mw.MATCONVNET)])
 def test_fingerprint_recognizes_caffe_vgg16_and_its_channel_order(tmp_path, p16, reverse, convention, capsys):
-    path = write(tmp_path / "fp.onnx", vgg_onnx("vgg16", with_caffe16_fingerprint(p16, reverse), "tf2onnx"))
+    path = write(tmp_path / "fp.onnx", vgg_onnx("vgg16", with_fingerprint(p16, reverse), "tf2onnx"))
     out = str(tmp_path / "o.h5")
     assert cli.main(["convert", path, "--out", out]) == 0
     assert "warning" not in capsys.readouterr().err
@@ -427,7 +429,7 @@ def test_fingerprint_recognizes_caffe_vgg16_and_its_channel_order(tmp_path, p16,
 
 
 def test_fingerprint_needs_every_value_and_the_arch():
-    p = with_caffe16_fingerprint(gen.random_params("vgg16", seed=4))
+    p = with_fingerprint(gen.random_params("vgg16", seed=4))
     convs = [(n, *p[n]) for n in gen.conv_names("vgg16")]
     assert fingerprint.identify(convs)[0]["channel_order"] == "BGR"
     assert fingerprint.identify(convs[:12] + convs[12:] * 4) is None  # 16 convs: not VGG-16's release
@@ -438,16 +440,19 @@ def test_fingerprint_needs_every_value_and_the_arch():
     assert fingerprint.identify([(convs[0][0], W, convs[0][2])] + convs[1:]) is None
 
 
-def test_torchvision_keys_with_caffe_values_come_out_caffe(tmp_path, p16):
-    """neural-style-pt's vgg16-00b39a1b.pth: torchvision key names, the Caffe release's values."""
+@pytest.mark.parametrize("arch, release", [("vgg16", 0), ("vgg19", 1)])
+def test_torchvision_keys_with_caffe_values_come_out_caffe(tmp_path, arch, release):
+    """neural-style-pt's vgg16-00b39a1b.pth / vgg19-d01eb7cb.pth: torchvision key names,
+    the Caffe release's values."""
     torch = pytest.importorskip("torch")
-    p = with_caffe16_fingerprint(p16)
-    path = str(tmp_path / "vgg16-00b39a1b.pth")
-    torch.save(gen.torch_state_dict("vgg16", p), path)
+    rel = fingerprint.RELEASES[release]
+    p = with_fingerprint(gen.random_params(arch, seed=6), release=rel)
+    path = str(tmp_path / f"{arch}-caffe-values.pth")
+    torch.save(gen.torch_state_dict(arch, p), path)
     logs = []
     meta = convert(path, str(tmp_path / "o.h5"), log=logs.append)
     assert meta["convention"]["channel_order"] == "BGR" and meta["convention"]["scale"] == 255.0
-    assert meta["convention_decided"].startswith("fingerprint: Caffe VGG-16") and logs == []
+    assert meta["convention_decided"].startswith(f"fingerprint: {rel['name']}") and logs == []
 
 
 def test_torch_file_with_unknown_values_assumed_torchvision_with_one_warning(tmp_path, p16):
@@ -466,7 +471,7 @@ def test_matconvnet_keeps_its_stored_normalization(tmp_path, p16):
     """MatConvNet's copy of Caffe VGG-16 (channels reversed): the file's averageImage is
     kept, the fingerprint only confirms the release."""
     path = str(tmp_path / "imagenet-vgg-verydeep-16.mat")
-    gen.write_matconvnet(path, "vgg16", with_caffe16_fingerprint(p16, reverse=True), mean_rgb=(120.0, 115.0, 100.0))
+    gen.write_matconvnet(path, "vgg16", with_fingerprint(p16, reverse=True), mean_rgb=(120.0, 115.0, 100.0))
     src = read_source(path)
     assert src.convention["mean"] == pytest.approx((120.0, 115.0, 100.0))
     assert src.decided.startswith("stored") and "reversed to RGB" in src.decided
@@ -474,7 +479,7 @@ def test_matconvnet_keeps_its_stored_normalization(tmp_path, p16):
 
 def test_caffe_and_keras_files_fingerprinted_or_by_format(tmp_path, p16):
     path = str(tmp_path / "v.caffemodel")
-    gen.write_caffemodel(path, "vgg16", with_caffe16_fingerprint(p16, reverse=True))
+    gen.write_caffemodel(path, "vgg16", with_fingerprint(p16, reverse=True))
     src = read_source(path)
     assert src.convention["channel_order"] == "RGB" and src.decided.startswith("fingerprint")
     path = str(tmp_path / "k.h5")
