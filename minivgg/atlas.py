@@ -25,6 +25,7 @@ import time
 
 from .errors import MiniVGGError
 from . import experiments as ex
+from .weights import arch_for
 
 CONTENT_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
 STYLE_LAYERS = CONTENT_LAYERS
@@ -52,7 +53,8 @@ def add_arguments(p):
                                    "(style transfer) appears")
     p.add_argument("--size", type=int, default=128, help="longest side of every run, in pixels (default 128)")
     p.add_argument("--iters", type=int, default=100, help="optimizer iterations per run (default 100)")
-    p.add_argument("--arch", default="vgg19", choices=ex.ARCHS)
+    p.add_argument("--arch", default=None, choices=ex.ARCHS,
+                   help="network (default: the weights file's; without one, that of the cached weights, else vgg19)")
     p.add_argument("--pooling", default="avg", choices=ex.POOLINGS)
     p.add_argument("--weights", help="converted HDF5 weights (default: the fetched ones, else random weights)")
     p.add_argument("--optimizer", default="lbfgs", choices=ex.OPTIMIZERS)
@@ -100,6 +102,7 @@ def plan(args):
     if args.weights is not None and not os.path.isfile(args.weights):
         raise MiniVGGError(f"{args.weights}: no such weights file")
     ex.check_device(args.device)
+    args.arch = args.arch or arch_for(args.weights)
     image = ex.load_input(args.image)
     style = ex.load_input(args.style) if args.style else None
     content_layers = _layers(args.content_layers, args.arch, "--content-layers")

@@ -35,6 +35,7 @@ import signal
 import sys
 
 from .errors import MiniVGGError
+from .weights import describe as describe_weights
 
 EXTENSION_MODULES = ["minivgg.experiments"]
 EXIT_ERROR = 2
@@ -108,6 +109,13 @@ def float_list(s):
     return vals
 
 
+def layer_weight_list(s):
+    """Comma-separated numbers >= 0, or ``equal``."""
+    if s.strip() == "equal":
+        return "equal"
+    return float_list(s)
+
+
 def size_list(s):
     try:
         vals = [int(p) for p in s.split(",") if p.strip()]
@@ -125,7 +133,9 @@ def add_net_options(p, pooling="avg"):
     g.add_argument("--weights", metavar="FILE.h5",
                    help="converted weights (python -m weights_tools); default: $MINIVGG_WEIGHTS or a converted "
                         "file in the cache ($MINIVGG_HOME, ~/.cache/minivgg), else random weights (with a warning)")
-    g.add_argument("--arch", choices=("vgg16", "vgg19"), default="vgg19", help="network (default vgg19)")
+    g.add_argument("--arch", choices=("vgg16", "vgg19"), default=None,
+                   help="network (default: the weights file's; without one, vgg19 if converted vgg19 weights are "
+                        "cached, else vgg16 if those are, else vgg19 with random weights)")
     g.add_argument("--pooling", choices=("avg", "max"), default=pooling,
                    help=f"pooling layers (default {pooling}; Gatys et al. use avg for better gradient flow)")
     g.add_argument("--device", choices=("cpu", "gpu", "emulated"), default="cpu",
@@ -145,8 +155,9 @@ def add_optim_options(p, iters, optimizer="lbfgs"):
                         "in the net's input units; SGD default: set at the first update so that it moves the pixels by one level on "
                         "average, then fixed")
     g.add_argument("--history-size", type=positive_int, default=100, help="L-BFGS history size (default 100)")
-    g.add_argument("--line-search", choices=("none", "strong_wolfe"), default="none",
-                   help="L-BFGS line search (default none: fixed step lr, as torch.optim.LBFGS)")
+    g.add_argument("--line-search", choices=("none", "strong_wolfe"), default="strong_wolfe",
+                   help="L-BFGS line search (default strong_wolfe; none: fixed step lr, as torch.optim.LBFGS's "
+                        "default, which overshoots from noise on pretrained weights)")
     g.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD momentum (default 0.9)")
     g.add_argument("--tol", type=nonneg_float, default=0.0,
                    help="stop when the relative change of the loss between two iterations is at most this (default 0: "
@@ -201,13 +212,26 @@ def load_net(args, keep_classifier=False, layers=None):
     check_device(args.device)
     if args.weights is not None and not os.path.isfile(args.weights):
         raise MiniVGGError(f"{args.weights}: no such weights file")
+    resolve_arch(args)
     up_to = None
     names = layer_names(args.arch)
     wanted = [layers] if isinstance(layers, str) else list(layers or [])
     if wanted and not keep_classifier and all(l in names for l in wanted):
         up_to = max(wanted, key=names.index)
-    return load_vgg(args.arch, weights=args.weights, pooling=args.pooling, device=args.device,
-                    keep_classifier=keep_classifier, seed=0, up_to=up_to)
+    net = load_vgg(args.arch, weights=args.weights, pooling=args.pooling, device=args.device,
+                   keep_classifier=keep_classifier, seed=0, up_to=up_to)
+    if not getattr(args, "quiet", False):
+        sys.stderr.write(f"{PROG}: {describe_weights(net.source, net.arch, net.weights_meta)}\n")
+    return net
+
+
+def resolve_arch(args):
+    """Fill in ``args.arch`` when it was left out: the weights' own (weights.arch_for)."""
+    from .weights import arch_for
+
+    if getattr(args, "arch", "") is None:
+        args.arch = arch_for(getattr(args, "weights", None))
+    return args.arch
 
 
 def log_columns(history):
@@ -404,22 +428,25 @@ STYLE_HELP = """\
 Neural style transfer (Gatys, Ecker & Bethge 2016). With x the image in the network's
 input space, it minimizes
   total = content_weight * Lc + style_weight * Ls + tv_weight * TV
-  Lc = sum over content layers of 1/2 sum (F - P)^2
+  Lc = sum over content layers of 1/(2 N M) sum (F - P)^2   (N channels x M positions)
   Ls = sum over style layers of w_l E_l,  E_l = 1/(4 N_l^2 M_l^2) sum (G - A)^2
-  G = F F^T (Gram matrix), w_l = 1/(number of style layers) unless --style-layer-weights;
+  G = F F^T (Gram matrix), w_l proportional to 1/N_l^2 and summing to 1 unless
+  --style-layer-weights (equal: 1/number of layers, the paper's);
   A = the blend-weighted sum of the style images' Gram matrices (blend normalized to sum 1);
-  TV = sum over pixels with a right and a lower neighbour of
-       (x[i,j+1] - x[i,j])^2 + (x[i+1,j] - x[i,j])^2   (total variation, beta = 2).
+  TV = the mean over pixels of (x[i,j+1] - x[i,j])^2 + (x[i+1,j] - x[i,j])^2 in pixel
+       levels (total variation, beta = 2).
+With --loss-norm paper, Lc = sum 1/2 (F - P)^2 (the paper's eq. 1) and TV is the plain
+sum in input units, as written in the papers; those grow with the image's area, the
+default form does not, so the default weights suit every size (docs/methods.md).
 The log's content/style/tv columns are Lc, Ls, TV (unweighted); total is the sum above.
-The style images are resized to the content's size times --style-scale (an image
-already of that size is not resampled). The default weights (content 1, style 1e4,
-TV 1e-3) suit pretrained Caffe-convention VGG-19 weights (0-255 inputs) at 256-512 px;
-for torchvision-convention weights (0-1 inputs divided by std) raise --style-weight
-about 1000x."""
+Each style image keeps its aspect ratio, its longest side the content's times
+--style-scale (--stretch-style: the content's height and width). The defaults (content
+1, style 1e-2, TV 1e-3, L-BFGS with a line search from a faint noise) were chosen on the
+pretrained VGG-16 and VGG-19 at 128-512 px, plain and Gatys-normalized weights."""
 
 
 def add_style_parser(sub):
-    from .methods.style import CONTENT_LAYERS, CONTENT_WEIGHT, STYLE_LAYERS, STYLE_WEIGHT, TV_WEIGHT
+    from .methods.style import CONTENT_LAYERS, CONTENT_WEIGHT, LOSS_NORM, STYLE_LAYERS, STYLE_WEIGHT, TV_WEIGHT
 
     p = sub.add_parser("style", help="neural style transfer (Gatys 2016)", description=STYLE_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -434,16 +461,23 @@ def add_style_parser(sub):
                    help=f"content layers (default {','.join(CONTENT_LAYERS)})")
     g.add_argument("--style-layers", type=name_list, default=list(STYLE_LAYERS), metavar="L1,L2,...",
                    help=f"style layers (default {','.join(STYLE_LAYERS)})")
-    g.add_argument("--style-layer-weights", type=float_list, metavar="W1,W2,...",
-                   help="w_l per style layer (default 1/number of style layers)")
+    g.add_argument("--style-layer-weights", type=layer_weight_list, metavar="W1,W2,...|equal",
+                   help="w_l per style layer (default proportional to 1/N_l^2, summing to 1; equal: 1/number of "
+                        "style layers)")
     g.add_argument("--content-weight", type=nonneg_float, default=CONTENT_WEIGHT,
                    help=f"weight of Lc (default {CONTENT_WEIGHT:g})")
     g.add_argument("--style-weight", type=nonneg_float, default=STYLE_WEIGHT, help=f"weight of Ls (default {STYLE_WEIGHT:g})")
     g.add_argument("--tv-weight", type=nonneg_float, default=TV_WEIGHT,
                    help=f"weight of the total variation (beta 2) (default {TV_WEIGHT:g})")
-    g.add_argument("--init", default="noise", metavar="noise|content|style|FILE",
-                   help="start image: white noise (default), exactly the preprocessed content, the (first) style image "
-                        "(the 'amalgamation' experiment), or an image file")
+    g.add_argument("--init", default="noise", metavar="noise|uniform|content|style|FILE",
+                   help="start image: the mean pixel with a faint noise (default), white noise uniform over 0..255, "
+                        "exactly the preprocessed content, the (first) style image (the 'amalgamation' experiment), "
+                        "or an image file")
+    g.add_argument("--loss-norm", choices=("mean", "paper"), default=LOSS_NORM,
+                   help="mean (default): Lc and TV divided by their number of entries, so the weights suit every "
+                        "size; paper: eq. 1 and the TV sum as written")
+    g.add_argument("--stretch-style", action="store_true",
+                   help="resize the style images to the content's height and width (default: keep their aspect)")
     g.add_argument("--original-colors", action="store_true",
                    help="keep the content's colours (luminance transfer: the result's Y with the content's I and Q)")
     g.add_argument("--size", type=positive_int, default=None,
@@ -459,7 +493,7 @@ def add_style_parser(sub):
 
 
 def _init_arg(value):
-    if value in ("noise", "content", "style"):
+    if value in ("noise", "uniform", "content", "style"):
         return value
     return load_input(value)
 
@@ -484,7 +518,7 @@ def run_style(args):
         content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
         style_scale=args.style_scale, init=init, original_colors=args.original_colors, size=args.size,
         scales=args.scales, optimizer=args.optimizer, iters=args.iters, lr=args.lr, seed=args.seed,
-        optim_options=optim_options(args))
+        optim_options=optim_options(args), loss_norm=args.loss_norm, stretch_style=args.stretch_style)
 
 
 TEXTURE_HELP = """\
@@ -511,7 +545,9 @@ def add_texture_parser(sub):
                    help="resize the source to this longest side first (default: its own size)")
     g.add_argument("--style-weight", type=nonneg_float, default=1.0, help="weight of the Gram term (default 1)")
     g.add_argument("--tv-weight", type=nonneg_float, default=0.0, help="weight of the total variation (default 0)")
-    g.add_argument("--init", default="noise", metavar="noise|FILE", help="start image (default white noise)")
+    g.add_argument("--init", default="noise", metavar="noise|uniform|FILE",
+                   help="start image: the mean pixel with a faint noise (default), white noise uniform over 0..255, "
+                        "or an image file")
     add_net_options(p)
     add_optim_options(p, iters=500)
     add_output_options(p, "texture.png")
@@ -523,7 +559,7 @@ def run_texture(args):
 
     check_outputs(args)
     source = load_input(args.image)
-    init = "noise" if args.init == "noise" else _init_arg(args.init)
+    init = _init_arg(args.init)
     net = load_net(args, layers=args.layers)
     net.check_layers(args.layers)
     runner = MethodRunner(args, total_rows=args.iters + 1, desc="texture")
@@ -537,7 +573,8 @@ INVERT_HELP = """\
 Reconstruct an image from one layer's response (Mahendran & Vedaldi 2015): from white
 noise, minimize
   total = content_weight * 1/2 sum (F(x) - F(x0))^2 + alpha_weight * sum |x|^alpha + tv_weight * TV_beta
-Default alpha/TV weights follow the paper's normalization (docs/methods.md)."""
+Default alpha/TV weights follow the paper's normalization, scaled down so that shallow
+layers are reconstructed sharply (docs/methods.md)."""
 
 
 def add_invert_parser(sub):
@@ -553,11 +590,14 @@ def add_invert_parser(sub):
     g.add_argument("--content-weight", type=nonneg_float, default=1.0, help="weight of the feature loss (default 1)")
     g.add_argument("--alpha", type=positive_float, default=6.0, help="alpha-norm exponent (default 6)")
     g.add_argument("--alpha-weight", type=nonneg_float, default=None,
-                   help="weight of the alpha-norm (default ||F0||^2 / (2 H W B^alpha), B = 80 pixel levels)")
+                   help="weight of the alpha-norm (default 0.01 ||F0||^2 / (2 H W B^alpha), B = 80 pixel levels)")
     g.add_argument("--beta", type=positive_float, default=2.0, help="TV exponent beta (default 2)")
     g.add_argument("--tv-weight", type=nonneg_float, default=None,
-                   help="weight of TV^beta (default ||F0||^2 / (2 H W V^beta), V = B/6.5)")
-    g.add_argument("--init", default="noise", metavar="noise|content|FILE", help="start image (default white noise)")
+                   help="weight of TV^beta (default l ||F0||^2 / (2 H W V^beta), V = B/6.5, l = 0.001 for layers of "
+                        "blocks 1-3, 0.01 deeper)")
+    g.add_argument("--init", default="noise", metavar="noise|uniform|content|FILE",
+                   help="start image: the mean pixel with a faint noise (default), white noise uniform over 0..255, "
+                        "the image itself, or an image file")
     add_net_options(p)
     add_optim_options(p, iters=300)
     add_output_options(p, "invert.png")
@@ -569,7 +609,7 @@ def run_invert(args):
 
     check_outputs(args)
     image = load_input(args.image)
-    init = args.init if args.init in ("noise", "content") else _init_arg(args.init)
+    init = _init_arg(args.init)
     net = load_net(args, layers=args.layer)
     net.check_layers(args.layer)
     runner = MethodRunner(args, total_rows=args.iters + 1, desc="invert")
@@ -705,7 +745,7 @@ def run_classify(args):
         raise MiniVGGError("classification is not available in this installation (minivgg.classify missing)") from None
     from .weights import default_weights_path
 
-    path = args.weights or default_weights_path(args.arch, classifier=True)
+    path = args.weights or default_weights_path(resolve_arch(args), classifier=True)
     if path is None:
         sys.stderr.write(f"{PROG}: note: no pretrained weights: the classes below come from random weights and "
                          f"mean nothing\n")

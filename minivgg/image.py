@@ -284,13 +284,15 @@ def _nice_ticks(lo, hi, n=5):
 
 def line_plot(xs, series, title="", xlabel="", width=640, height=400, log=None):
     """A line chart of ``series`` ({name: [y...]}, one colour each, with a legend) over
-    ``xs`` as a uint8 RGB image. ``log``: log10 y axis (default: when every value is
-    positive). Non-finite values are skipped."""
+    ``xs`` as a uint8 RGB image. ``log``: log10 y axis (default: when no value is negative
+    and some are positive; zeros, e.g. a term's row 0, are then left out rather than
+    forcing a linear axis on which one early spike flattens everything else).
+    Non-finite values are skipped."""
     from PIL import Image, ImageDraw
 
     ys_all = [float(v) for vals in series.values() for v in vals if np.isfinite(v)]
     if log is None:
-        log = bool(ys_all) and min(ys_all) > 0
+        log = bool(ys_all) and min(ys_all) >= 0 and max(ys_all) > 0
     tr = (lambda v: np.log10(v) if v > 0 else np.nan) if log else float
     vals = {k: [tr(float(v)) if np.isfinite(v) else np.nan for v in vs] for k, vs in series.items()}
     finite = [v for vs in vals.values() for v in vs if np.isfinite(v)]

@@ -52,6 +52,22 @@ def layer_names(arch, keep_classifier=False):
     return names
 
 
+def layer_block(name):
+    """The block a layer belongs to: 1-5 for conv/relu/pool (relu4_2 -> 4), 6 for the classifier."""
+    for prefix in ("conv", "relu", "pool"):
+        if name.startswith(prefix) and name[len(prefix):len(prefix) + 1].isdigit():
+            return int(name[len(prefix)])
+    return 6
+
+
+def layer_channels(name):
+    """N_l, the number of channels of layer ``name`` (conv4_2, relu4_2, pool4 -> 512)."""
+    block = layer_block(name)
+    if block <= 5:
+        return WIDTHS[block - 1]
+    return 1000 if name == "fc8" else 4096
+
+
 def random_weights(arch, keep_classifier=False, seed=0):
     """Deterministic He-initialised weights (normal, std sqrt(2 / fan_in)), zero biases."""
     rng = np.random.default_rng(seed)
@@ -70,13 +86,14 @@ class Net:
     """A VGG network on one device. Build it with :func:`load_vgg`."""
 
     def __init__(self, arch, params, pooling="avg", device="cpu", keep_classifier=False, convention=None, source=None,
-                 up_to=None):
+                 up_to=None, weights_meta=None):
         if pooling not in ("avg", "max"):
             raise MiniVGGError(f"unknown pooling {pooling!r}; choose avg or max")
         self.arch, self.pooling, self.device = arch, pooling, device
         self.keep_classifier = keep_classifier
         self.convention = dict(convention or weights_mod.CAFFE)
         self.source = source
+        self.weights_meta = weights_meta  # the weights file's attributes (None: random or a mapping)
         self.ops = get_ops(device)
         self.xp = array_module_for(device)
         self.layer_names = layer_names(arch, keep_classifier)
@@ -355,13 +372,15 @@ def load_vgg(arch="vgg19", weights=None, pooling="avg", device="cpu", keep_class
     Asking a forward or backward for a deeper layer is then an error.
     """
     conv_specs(arch)  # validates arch
-    source = None
+    source = meta = None
     if weights is None:
         path = weights_mod.default_weights_path(arch, classifier=keep_classifier)
         if path is None:
             sys.stderr.write(
                 f"minivgg: warning: no pretrained {arch} weights found; using random weights (seed {seed}). "
-                f"Results need pretrained weights: python -m weights_tools fetch {arch}-caffe\n"
+                f"Results need pretrained weights: python -m weights_tools fetch {arch}-caffe, or convert a file "
+                f"you have (python -m weights_tools convert FILE --out {weights_mod.cache_dir()}/{arch}-mine.h5)."
+                f"{weights_mod.other_arch_hint(arch)}\n"
             )
             params = random_weights(arch, keep_classifier, seed)
             source = f"random(seed={seed})"
@@ -371,7 +390,8 @@ def load_vgg(arch="vgg19", weights=None, pooling="avg", device="cpu", keep_class
         path = str(weights)
         params, meta = weights_mod.read_weights(path)
         if meta.get("arch") and meta["arch"] != arch:
-            raise MiniVGGError(f"{path}: holds {meta['arch']} weights, but arch {arch} was asked for")
+            raise MiniVGGError(f"{path}: holds {meta['arch']} weights, but arch {arch} was asked for; "
+                               f"use --arch {meta['arch']} (or leave --arch out)")
         convention = meta["convention"]
         source = path
         if keep_classifier and "fc6" not in params:
@@ -379,5 +399,5 @@ def load_vgg(arch="vgg19", weights=None, pooling="avg", device="cpu", keep_class
     elif weights is not None:
         params = weights
         source = "mapping"
-    return Net(arch, params, pooling=pooling, device=device, keep_classifier=keep_classifier, convention=convention, source=source,
-               up_to=up_to)
+    return Net(arch, params, pooling=pooling, device=device, keep_classifier=keep_classifier, convention=convention,
+               source=source, up_to=up_to, weights_meta=meta)

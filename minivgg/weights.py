@@ -118,3 +118,57 @@ def default_weights_path(arch, classifier=False):
     if classifier:
         found.sort(key=lambda n: not n.endswith("-fc.h5"))
     return os.path.join(d, found[0]) if found else None
+
+
+ARCHS = ("vgg19", "vgg16")
+
+
+def file_arch(path):
+    """The ``arch`` attribute of a converted file, or None when it cannot be read (the
+    reader reports why when the file is loaded)."""
+    import h5py
+
+    try:
+        if not os.path.isfile(path):
+            return None
+        with h5py.File(path, "r") as f:
+            arch = _plain(f.attrs.get("arch"))
+        return arch if arch in ARCHS else None
+    except Exception:  # any unreadable file: read_weights names the problem later
+        return None
+
+
+def arch_for(weights=None):
+    """The architecture to build when none is asked for: that of ``weights`` (a path) or of
+    ``$MINIVGG_WEIGHTS``, else VGG-19 if converted VGG-19 weights are cached, else VGG-16
+    if those are, else VGG-19 (random weights)."""
+    path = weights or os.environ.get("MINIVGG_WEIGHTS")
+    if path:
+        return file_arch(path) or "vgg19"
+    for arch in ARCHS:
+        if default_weights_path(arch) is not None:
+            return arch
+    return "vgg19"
+
+
+def other_arch_hint(arch):
+    """'' or a sentence naming the other architecture's cached weights and how to use them."""
+    if os.environ.get("MINIVGG_WEIGHTS"):
+        return ""
+    for other in ARCHS:
+        if other != arch:
+            path = default_weights_path(other)
+            if path is not None:
+                return f" The cache has {other} weights ({path}): use --arch {other} (or leave --arch out)."
+    return ""
+
+
+def describe(source, arch, meta=None):
+    """One line naming the weights in use: the file (or random), arch and input convention."""
+    if meta is None:
+        return f"weights: {source} ({arch}; no pretrained file: results show an untrained network)"
+    conv = meta.get("convention", {})
+    name = {"BGR": "caffe"}.get(conv.get("channel_order"), "torchvision" if conv.get("scale") == 1.0 else "matconvnet")
+    extra = ", Gatys-normalized" if meta.get("normalized") else ""
+    how = f", decided by {meta['convention_decided']}" if meta.get("convention_decided") else ""
+    return f"weights: {source} ({arch}, {name} convention{how}{extra})"

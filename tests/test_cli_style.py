@@ -64,7 +64,9 @@ def test_log_plot_snapshots(files, tmp_path):
     net = load_vgg("vgg16", weights=files["weights"])
     r = style_transfer(net, load_image(files["content"]), [load_image(files["style"])], iters=0, size=40)
     assert float(rows[0][1]) == pytest.approx(r.history[0]["total"], rel=1e-12)
-    total = 1.0 * float(rows[1][2]) + 1e4 * float(rows[1][3]) + 1e-3 * float(rows[1][4])
+    from minivgg.methods.style import CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT
+
+    total = CONTENT_WEIGHT * float(rows[1][2]) + STYLE_WEIGHT * float(rows[1][3]) + TV_WEIGHT * float(rows[1][4])
     assert float(rows[1][1]) == pytest.approx(total, rel=1e-9)
 
 

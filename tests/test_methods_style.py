@@ -36,8 +36,10 @@ def images():
     return content, [style1, style2]
 
 
-def torch_objective(torch, mods, content_x, style_xs, blend, cw, sw, tvw, wl):
-    """The issue's objective written directly in torch: returns f(x) -> scalar tensor."""
+def torch_objective(torch, mods, content_x, style_xs, blend, cw, sw, tvw, wl, norm="paper", pixel=1.0):
+    """The objective written directly in torch: returns f(x) -> scalar tensor. norm "paper":
+    Gatys' eq. 1 and the plain TV sum; "mean": each content term divided by its N M entries
+    and TV by H W pixel^2 (``pixel``: one pixel level in input units)."""
     from helpers_torch import torch_forward
 
     layers = set(CONTENT_LAYERS) | set(STYLE_LAYERS)
@@ -52,13 +54,16 @@ def torch_objective(torch, mods, content_x, style_xs, blend, cw, sw, tvw, wl):
 
     def f(x):
         feats = torch_forward(mods, x, layers)
-        Lc = sum(0.5 * ((feats[l] - P[l]) ** 2).sum() for l in CONTENT_LAYERS)
+        Lc = sum(0.5 * ((feats[l] - P[l]) ** 2).sum() / (P[l].numel() if norm == "mean" else 1)
+                 for l in CONTENT_LAYERS)
         Ls = 0
         for l, w in zip(STYLE_LAYERS, wl):
             F = feats[l][0].reshape(feats[l].shape[1], -1)
             N, M = F.shape
             Ls = Ls + w * ((F @ F.T - A[l]) ** 2).sum() / (4.0 * N * N * M * M)
         tv = ((x[..., :-1, 1:] - x[..., :-1, :-1]) ** 2 + (x[..., 1:, :-1] - x[..., :-1, :-1]) ** 2).sum()
+        if norm == "mean":
+            tv = tv / (x.shape[2] * x.shape[3] * pixel**2)
         return cw * Lc + sw * Ls + tvw * tv
 
     return f
@@ -76,15 +81,20 @@ def reference_setup(net, params, images):
 
 
 @pytest.mark.torch
-def test_adam_steps_match_torch(net, params, images):
-    """Every logged total of 5 Adam steps from the content image equals torch's."""
+@pytest.mark.parametrize("norm", ["paper", "mean"])
+def test_adam_steps_match_torch(net, params, images, norm):
+    """Every logged total of 5 Adam steps from the content image equals torch's, in both
+    forms of the objective (paper: equal w_l as the paper; mean: the default w_l ~ 1/N_l^2)."""
     torch, mods, cx, sxs = reference_setup(net, params, images)
     blend = [0.25, 0.75]
-    cw, sw, tvw = 1.0, 1e4, 1e-3
-    f = torch_objective(torch, mods, cx, sxs, blend, cw, sw, tvw, [0.2] * 5)
+    cw, sw, tvw = (1.0, 1e4, 1e-3) if norm == "paper" else (1.0, 1e-2, 1e-3)
+    wl = [0.2] * 5 if norm == "paper" else [w / sum(1 / n**2 for n in (64, 128, 256, 512, 512)) for w in
+                                             (1 / 64**2, 1 / 128**2, 1 / 256**2, 1 / 512**2, 1 / 512**2)]
+    f = torch_objective(torch, mods, cx, sxs, blend, cw, sw, tvw, wl, norm=norm)
     content, styles = images
     r = style_transfer(net, content, styles, style_blend=[1, 3], content_weight=cw, style_weight=sw,
-                       tv_weight=tvw, init="content", optimizer="adam", lr=2.0, iters=5)
+                       tv_weight=tvw, init="content", optimizer="adam", lr=2.0, iters=5, loss_norm=norm,
+                       style_layer_weights="equal" if norm == "paper" else None, stretch_style=True)
     x = cx.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=2.0)
     ref = []
@@ -108,7 +118,8 @@ def test_lbfgs_steps_match_torch(net, params, images):
     f = torch_objective(torch, mods, cx, sxs[:1], [1.0], 1.0, 1e3, 1e-3, [0.2] * 5)
     iters = 3
     r = style_transfer(net, content, styles[:1], content_weight=1.0, style_weight=1e3, tv_weight=1e-3,
-                       init="content", optimizer="lbfgs", iters=iters)
+                       init="content", optimizer="lbfgs", iters=iters, optim_options={"line_search": "none"},
+                       loss_norm="paper", style_layer_weights="equal")
     ref = []
     for k in range(iters + 1):
         x = cx.clone().requires_grad_(True)
@@ -128,15 +139,16 @@ def test_lbfgs_steps_match_torch(net, params, images):
 
 
 @pytest.mark.torch
-def test_objective_value_and_gradient_match_torch(net, params, images):
+@pytest.mark.parametrize("norm", ["paper", "mean"])
+def test_objective_value_and_gradient_match_torch(net, params, images, norm):
     torch, mods, cx, sxs = reference_setup(net, params, images)
     content, styles = images
-    f = torch_objective(torch, mods, cx, sxs, [0.5, 0.5], 2.0, 1e4, 1e-2, [0.2] * 5)
+    f = torch_objective(torch, mods, cx, sxs, [0.5, 0.5], 2.0, 1e4, 1e-2, [0.2] * 5, norm=norm)
     A = style_targets(net, styles, [0.5, 0.5], STYLE_LAYERS, SIZE)
     P = net.forward(net.preprocess(content), CONTENT_LAYERS)
     P = {k: v.copy() for k, v in P.items()}
     obj = Objective(net, content=P, style={l: (A[l], 0.2) for l in STYLE_LAYERS}, content_weight=2.0,
-                    style_weight=1e4, tv_weight=1e-2)
+                    style_weight=1e4, tv_weight=1e-2, loss_norm=norm)
     x0 = net.preprocess(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
     total, grad, info = obj(x0)
     xt = torch.from_numpy(np.asarray(x0)).requires_grad_(True)
@@ -173,7 +185,9 @@ def test_same_seed_same_result(net, images):
     assert a.history[0]["total"] != c.history[0]["total"]
 
 
-def test_style_resized_to_content_times_scale(net, images, monkeypatch):
+def test_style_resized_keeping_aspect_or_stretched(net, images, monkeypatch):
+    """Each style keeps its aspect, longest side = content's longest x scale; stretch_style:
+    the content's (height, width) x scale."""
     import minivgg.methods.style as style_mod
 
     content, styles = images
@@ -187,7 +201,8 @@ def test_style_resized_to_content_times_scale(net, images, monkeypatch):
     monkeypatch.setattr(style_mod, "style_targets", spy)
     big_style = resize(styles[0], (50, 70))
     style_transfer(net, content, [big_style], iters=0, style_scale=1.5)
-    assert shapes == [(48, 48)]
+    style_transfer(net, content, [big_style, styles[1]], iters=0, style_scale=1.5, stretch_style=True)
+    assert shapes == [[(34, 48)], [(48, 48), (48, 48)]]
     same = styles[0]
     assert resize(same, SIZE) is same  # an image of the requested size is not resampled
 

@@ -7,9 +7,18 @@ The objective evaluated at an input-space image x (1, 3, H, W):
     total = content_weight * Lc + style_weight * Ls + tv_weight * TV
             + alpha_weight * R_alpha - activation_weight * A
 
-with Lc = sum over content layers of 1/2 sum (F - P)^2, Ls = sum over style layers of
-w_l E_l (E_l = 1/(4 N^2 M^2) sum (G - A)^2), TV = total_variation(x, beta),
-R_alpha = alpha_norm(x, alpha), and A an activation to maximize (dream, visualize).
+with Ls = sum over style layers of w_l E_l (E_l = 1/(4 N^2 M^2) sum (G - A)^2),
+R_alpha = alpha_norm(x, alpha), A an activation to maximize (dream, visualize), and
+Lc, TV in one of two forms (``loss_norm``):
+
+- "paper": Lc = sum over content layers of 1/2 sum (F - P)^2 (Gatys 2016, eq. 1) and
+  TV = total_variation(x, beta) (Mahendran & Vedaldi 2015, eq. 5), as written;
+- "mean": each content layer's term divided by its N_l M_l entries, and TV divided by
+  H W s^beta (s = ``input_scale``: one pixel level in input units), i.e.
+  Lc = sum_l 1/(2 N_l M_l) sum (F - P)^2 and TV = the mean over pixels of the squared
+  neighbour differences in pixel levels. E_l is already a mean over its Gram entries
+  (the 1/M^2 undoes the sum over positions), so in this form no term grows with the
+  image's area and the weights that suit one size suit all (docs/methods.md).
 Every value and gradient comes from ``minivgg.losses`` (on the GPU and emulated devices
 from the same functions written as kernels, ``net.ops``); the gradient with respect to x
 is one ``net.backward`` of the per-layer gradients plus the regularizers' gradients.
@@ -26,6 +35,8 @@ from ..image import check_memory
 from ..optim import make_optimizer
 
 LOG_COLUMNS = ("iter", "total", "content", "style", "tv", "seconds")
+LOSS_NORMS = ("mean", "paper")
+LINE_SEARCH = "strong_wolfe"  # the methods' L-BFGS default
 
 
 class MethodResult:
@@ -91,7 +102,7 @@ class Objective:
 
     def __init__(self, net, content=None, style=None, content_weight=1.0, style_weight=1.0, tv_weight=0.0,
                  tv_beta=2.0, alpha_weight=0.0, alpha=6.0, activation=None, activation_weight=1.0,
-                 jitter=0, rng=None):
+                 jitter=0, rng=None, loss_norm="paper"):
         self.net = net
         self.content = dict(content or {})
         self.style = dict(style or {})
@@ -100,6 +111,9 @@ class Objective:
         self.tv_beta, self.aw, self.alpha = float(tv_beta), float(alpha_weight), float(alpha)
         self.actw = float(activation_weight)
         self.jitter = int(jitter)
+        if loss_norm not in LOSS_NORMS:
+            raise MiniVGGError(f"unknown loss normalization {loss_norm!r}; choose {' or '.join(LOSS_NORMS)}")
+        self.loss_norm = loss_norm
         self.rng = rng if rng is not None else np.random.default_rng(0)
         self.layers = list(dict.fromkeys(list(self.content) + list(self.style) + [a[0] for a in self.activation]))
         self.evaluations = 0
@@ -121,8 +135,9 @@ class Objective:
             lc = 0.0
             for name, P in self.content.items():
                 v, dF = self.L.content_loss(feats[name], P)
-                lc += v
-                dF *= self.cw  # the losses' gradients are fresh arrays: scaled in place
+                k = 1.0 / P.size if self.loss_norm == "mean" else 1.0
+                lc += k * v
+                dF *= self.cw * k  # the losses' gradients are fresh arrays: scaled in place
                 _add(grads, name, dF)
             ls = 0.0
             deferred = getattr(self.L, "style_loss_deferred", None)
@@ -154,6 +169,9 @@ class Objective:
         total = self.cw * info.get("content", 0.0) + self.sw * info.get("style", 0.0) - self.actw * info.get("activation", 0.0)
         if self.tvw:
             v, g = self.L.total_variation(x, self.tv_beta)
+            if self.loss_norm == "mean":
+                k = 1.0 / (x.shape[2] * x.shape[3] * input_scale(self.net) ** self.tv_beta)
+                v, g = v * k, g * k
             info["tv"] = v
             total += self.tvw * v
             grad = grad + g * self.tvw
@@ -214,20 +232,37 @@ def _activation(F, channel, kind):
     raise ValueError(kind)
 
 
+NOISE_LEVELS = 1.0  # standard deviation of the default start image's noise, in pixel levels
+INITS = ("noise", "uniform", "content", "style")
+
+
 def noise_image(shape, rng):
     """White noise: every pixel and channel uniform in 0..255 (uint8 H x W x 3)."""
     h, w = shape
     return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
 
 
+def noise_x(net, shape, rng, levels=NOISE_LEVELS):
+    """The default start: the mean pixel plus Gaussian noise of ``levels`` pixel levels,
+    in input space (x = 0 is the mean pixel in every convention). Full-range white noise
+    ("uniform") leaves pixel-level grain that the deep layers never see and so never
+    remove; a faint noise only breaks the symmetry, as neural-style's randn * 0.001."""
+    h, w = shape
+    x = rng.standard_normal((1, 3, h, w)).astype(np.float32) * np.float32(levels * input_scale(net))
+    return net.xp.asarray(x)
+
+
 def initial_x(net, init, shape, rng, content=None, style=None):
-    """The start image in input space: "noise" (white noise), "content" (exactly
+    """The start image in input space: "noise" (the mean pixel with a faint Gaussian noise,
+    ``noise_x``), "uniform" (white noise uniform over 0..255), "content" (exactly
     ``net.preprocess(content)``), "style" (the first style image resized to the
     content's size) or a uint8 image (resized to ``shape`` if needed)."""
     from ..image import resize
 
     if isinstance(init, str):
         if init == "noise":
+            return noise_x(net, shape, rng)
+        if init == "uniform":
             return net.preprocess(noise_image(shape, rng))
         if init == "content":
             if content is None:
@@ -237,7 +272,7 @@ def initial_x(net, init, shape, rng, content=None, style=None):
             if style is None:
                 raise MiniVGGError("init 'style' needs a style image")
             return net.preprocess(resize(style, shape))
-        raise MiniVGGError(f"unknown init {init!r}; choose noise, content, style or an image file")
+        raise MiniVGGError(f"unknown init {init!r}; choose {', '.join(INITS)} or an image file")
     return net.preprocess(resize(np.asarray(init), shape))
 
 
@@ -254,6 +289,10 @@ def run_optimizer(objective, x0, *, optimizer="lbfgs", iters=100, lr=None, optim
     if t0 is None:
         t0 = time.perf_counter()
     options = dict(optim_options or {})
+    if optimizer == "lbfgs":
+        # every method and command: fixed-step L-BFGS overshoots from noise on pretrained
+        # weights (the loss explodes at update 2), the line search does not
+        options.setdefault("line_search", LINE_SEARCH)
     if lr is None and net is not None:
         if optimizer == "sgd":
             options.setdefault("first_step", input_scale(net))  # one pixel level, then fixed

@@ -18,6 +18,7 @@ Log rows: row i is the objective after i steps at the current octave's size
 step used, and one final row at the unshifted result.
 """
 
+import sys
 import time
 
 import numpy as np
@@ -53,6 +54,11 @@ def dream(net, image, layer=DREAM_LAYER, *, channel=None, size=None, octaves=4, 
         raise MiniVGGError(f"step size must be positive; got {lr}")
     ensure_memory(net, size_for_longest(np.shape(image), size) if size else np.shape(image)[:2], layers)
     img = resize_longest(image, size) if size else np.asarray(image)
+    used = octaves_that_fit(img.shape[:2], octaves, octave_scale)
+    if used < octaves:
+        sys.stderr.write(f"minivgg: warning: dream: only {used} of {octaves} octave(s) fit a "
+                         f"{img.shape[1]}x{img.shape[0]} image (the smallest side of an octave must be at least "
+                         f"{MIN_OCTAVE_SIDE} px); use a larger --size or fewer --octaves\n")
     if channel is not None:
         n = net.forward(net.preprocess(img[:64, :64]), layers)[layers[0]].shape[1]
         if not 0 <= int(channel) < n:
@@ -86,7 +92,8 @@ def dream(net, image, layer=DREAM_LAYER, *, channel=None, size=None, octaves=4, 
         raise KeyboardInterrupt
     if not state["message"]:
         state["message"] = f"finished {state['row']} step(s)"
-    settings = dict(layer=layers[0], channel=channel, octaves=octaves, octave_scale=octave_scale, iters=iters, lr=lr,
+    settings = dict(layer=layers[0], channel=channel, octaves=octaves, octaves_used=used, octave_scale=octave_scale,
+                    iters=iters, lr=lr,
                     jitter=jitter, zoom_steps=zoom_steps, zoom_scale=zoom_scale, seed=seed)
     final_x = state.get("x") if state["stopped"] == "interrupted" else x
     return MethodResult(frames[-1], final_x, state["history"], state["stopped"], state["message"],
@@ -114,15 +121,26 @@ def _log(state, value, info, x, net, callback):
     return False
 
 
-def _dream_once(net, objective, base, octaves, octave_scale, iters, step, lo, hi, state, callback):
-    xp = get_array_module(base)
-    H, W = base.shape[2:]
-    bases = [base]
+def octave_shapes(shape, octaves, octave_scale):
+    """(height, width) of each octave, full size first, while the smaller side is at least
+    MIN_OCTAVE_SIDE (the first octave is always kept)."""
+    H, W = shape
+    shapes = [(H, W)]
     for k in range(1, octaves):
         h, w = int(round(H / octave_scale**k)), int(round(W / octave_scale**k))
         if min(h, w) < MIN_OCTAVE_SIDE:
             break
-        bases.append(resize_array(base, (h, w)))
+        shapes.append((h, w))
+    return shapes
+
+
+def octaves_that_fit(shape, octaves, octave_scale):
+    return len(octave_shapes(shape, octaves, octave_scale))
+
+
+def _dream_once(net, objective, base, octaves, octave_scale, iters, step, lo, hi, state, callback):
+    xp = get_array_module(base)
+    bases = [base] + [resize_array(base, hw) for hw in octave_shapes(base.shape[2:], octaves, octave_scale)[1:]]
     detail = xp.zeros_like(bases[-1])
     x = bases[-1]
     for o, b in enumerate(reversed(bases)):

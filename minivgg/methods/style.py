@@ -5,18 +5,30 @@ The image x (in the network's input space, ``net.preprocess``) minimizes
 
     total = content_weight * Lc + style_weight * Ls + tv_weight * TV
 
-- Lc = sum over content layers l of 1/2 sum_ij (F^l_ij - P^l_ij)^2 (eq. 1), P^l the
-  content image's response;
+- Lc = sum over content layers l of 1/(2 N_l M_l) sum_ij (F^l_ij - P^l_ij)^2, P^l the
+  content image's response: eq. 1 divided by the layer's N_l M_l entries (``loss_norm
+  "mean"``, the default; "paper" drops the division, eq. 1 exactly);
 - Ls = sum over style layers l of w_l E_l, E_l = 1/(4 N_l^2 M_l^2) sum_ij (G^l_ij -
-  A^l_ij)^2 (eq. 4-5), G^l = F^l F^l^T the Gram matrix with no further normalization,
-  w_l = 1 / (number of style layers) unless given; with several style images A^l is
-  the blend-weighted sum of their Gram matrices (blend weights normalized to sum 1);
-- TV = total_variation(x, beta=2) (Mahendran & Vedaldi 2014).
+  A^l_ij)^2 (eq. 4-5), G^l = F^l F^l^T the Gram matrix with no further normalization;
+  w_l proportional to 1/N_l^2 and summing to 1 unless given ("equal": 1 / number of
+  layers, the paper's); with several style images A^l is the blend-weighted sum of
+  their Gram matrices (blend weights normalized to sum 1);
+- TV = the mean over pixels of the squared differences to the right and lower
+  neighbours, in pixel levels (total_variation(x, beta=2) / (H W s^2), s one pixel level
+  in input units; "paper": total_variation(x, 2) as it is).
 
-The style images are resized to the content image's size times ``style_scale`` (an
-image already of that size is not resampled). Coarse to fine (``scales``): each stage
-resizes the content to the stage's longest side, recomputes the targets and starts
-from the previous stage's result, upsampled.
+Why these defaults (measured on the pretrained VGG-16 and VGG-19, docs/methods.md):
+eq. 1 grows with the image's area while E_l does not, so a ratio that keeps the content
+at one size loses it at another; E_l of a 512-channel layer is ~N_l^2 times that of a
+64-channel one for the same relative mismatch, so equal w_l let relu4_1/relu5_1 drown
+the finer layers (1/N_l^2 is the balance of neural-style's Gram normalization).
+
+The style images keep their aspect ratio: each is resized so that its longest side is
+the content's longest side times ``style_scale`` (``stretch_style=True``: to the
+content's height and width times the scale, the earlier behaviour); an image already of
+that size is not resampled. Coarse to fine (``scales``): each stage resizes the content
+to the stage's longest side, recomputes the targets and starts from the previous
+stage's result, upsampled.
 """
 
 import time
@@ -26,20 +38,40 @@ import numpy as np
 from .. import losses
 from ..errors import MiniVGGError
 from ..image import preserve_colors, resize, resize_array, resize_longest, size_for_longest
+from ..vgg import layer_channels
 from .common import Objective, check_layers, ensure_memory, initial_x, run_optimizer, MethodResult
 
 CONTENT_LAYERS = ("relu4_2",)
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_WEIGHT = 1.0
-STYLE_WEIGHT = 1e4
+STYLE_WEIGHT = 1e-2
 TV_WEIGHT = 1e-3
+LOSS_NORM = "mean"
+
+
+def style_layer_weights_for(layers, weights=None):
+    """w_l: ``None`` -> proportional to 1/N_l^2, summing to 1; ``"equal"`` -> 1/len(layers);
+    else the given list (checked for length)."""
+    if weights is None:
+        inv = [1.0 / layer_channels(name) ** 2 for name in layers]
+        return [v / sum(inv) for v in inv]
+    if isinstance(weights, str):
+        if weights != "equal":
+            raise MiniVGGError(f"unknown style layer weights {weights!r}; give numbers or 'equal'")
+        return [1.0 / len(layers)] * len(layers)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(layers):
+        raise MiniVGGError(f"{len(weights)} style layer weight(s) for {len(layers)} style layer(s)")
+    return weights
 
 
 def style_targets(net, styles, blend, layers, shape):
-    """{layer: A} with A = sum_i blend_i G^l(style_i), each style resized to ``shape``."""
+    """{layer: A} with A = sum_i blend_i G^l(style_i), each style resized to ``shape``
+    ((height, width), or one such pair per style image)."""
     targets = {}
-    for img, b in zip(styles, blend):
-        feats = net.forward(net.preprocess(resize(img, shape)), layers)
+    shapes = list(shape) if isinstance(shape, list) else [shape] * len(styles)
+    for img, b, s_shape in zip(styles, blend, shapes):
+        feats = net.forward(net.preprocess(resize(img, s_shape)), layers)
         for name in layers:
             G = losses.gram_matrix(feats[name]) * np.float32(b)
             targets[name] = G if name not in targets else targets[name] + G
@@ -55,11 +87,15 @@ def style_transfer(net, content, styles, *, style_blend=None, content_layers=CON
                    style_layers=STYLE_LAYERS, style_layer_weights=None, content_weight=CONTENT_WEIGHT,
                    style_weight=STYLE_WEIGHT, tv_weight=TV_WEIGHT, style_scale=1.0, init="noise",
                    original_colors=False, size=None, scales=None, optimizer="lbfgs", iters=500, lr=None,
-                   seed=0, optim_options=None, callback=None):
+                   seed=0, optim_options=None, callback=None, loss_norm=LOSS_NORM, stretch_style=False):
     """Gatys et al. 2016 style transfer; the objective is in the module docstring.
 
     content: uint8 (H, W, 3) RGB; styles: one image or a list; style_blend: a weight
-    per style image (normalized to sum 1; default equal); init: "noise" | "content"
+    per style image (normalized to sum 1; default equal); style_layer_weights: None
+    (proportional to 1/N_l^2), "equal" or a list; loss_norm: "mean" | "paper" (module
+    docstring); stretch_style: resize the styles to the content's height and width
+    instead of keeping their aspect; init: "noise" (the mean pixel with a faint noise) |
+    "uniform" (white noise over 0..255) | "content"
     (exactly ``net.preprocess(content)``) | "style" | a uint8 image; original_colors:
     keep the content's colours by luminance transfer (Gatys et al. 2016, "Preserving
     color in neural artistic style transfer"); size: longest side of the result (None:
@@ -81,11 +117,7 @@ def style_transfer(net, content, styles, *, style_blend=None, content_layers=CON
     blend = [b / sum(style_blend) for b in style_blend]
     content_layers = check_layers(net, content_layers, "content layer")
     style_layers = check_layers(net, style_layers, "style layer")
-    if style_layer_weights is None:
-        style_layer_weights = [1.0 / len(style_layers)] * len(style_layers)
-    style_layer_weights = [float(w) for w in style_layer_weights]
-    if len(style_layer_weights) != len(style_layers):
-        raise MiniVGGError(f"{len(style_layer_weights)} style layer weight(s) for {len(style_layers)} style layer(s)")
+    style_layer_weights = style_layer_weights_for(style_layers, style_layer_weights)
     for name, v in (("content weight", content_weight), ("style weight", style_weight), ("tv weight", tv_weight)):
         if v < 0:
             raise MiniVGGError(f"{name} must be >= 0; got {v}")
@@ -104,18 +136,19 @@ def style_transfer(net, content, styles, *, style_blend=None, content_layers=CON
     settings = dict(content_layers=content_layers, style_layers=style_layers, style_layer_weights=style_layer_weights,
                     content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
                     style_blend=blend, style_scale=style_scale, scales=stages, optimizer=optimizer, iters=iters,
-                    seed=seed, original_colors=original_colors,
+                    seed=seed, original_colors=original_colors, loss_norm=loss_norm, stretch_style=stretch_style,
                     init=init if isinstance(init, str) else "image")
     # check every stage's memory before starting any work
     shapes = [size_for_longest(np.shape(content), s) if s else np.shape(content)[:2] for s in stages]
     for shape in shapes:
         ensure_memory(net, shape, all_layers, "content image")
-        ensure_memory(net, _style_shape(shape, style_scale), style_layers, "style image")
+        for s_shape in _style_shapes(styles, shape, style_scale, stretch_style):
+            ensure_memory(net, s_shape, style_layers, "style image")
     for k, s in enumerate(stages):
         try:
             objective, x, c_img = _stage(net, content, styles, blend, s, style_scale, content_layers, style_layers,
                                          style_layer_weights, content_weight, style_weight, tv_weight, init, rng,
-                                         None if k == 0 else res.x)
+                                         None if k == 0 else res.x, loss_norm, stretch_style)
         except KeyboardInterrupt:
             if res is None:
                 raise
@@ -133,16 +166,16 @@ def style_transfer(net, content, styles, *, style_blend=None, content_layers=CON
 
 
 def _stage(net, content, styles, blend, s, style_scale, content_layers, style_layers, style_layer_weights,
-           content_weight, style_weight, tv_weight, init, rng, prev_x):
+           content_weight, style_weight, tv_weight, init, rng, prev_x, loss_norm, stretch_style):
     """Targets, objective and start image of one coarse-to-fine stage."""
     c_img = resize_longest(content, s) if s else np.asarray(content)
     shape = c_img.shape[:2]
-    s_shape = _style_shape(shape, style_scale)
     P = content_targets(net, c_img, content_layers)
-    A = style_targets(net, styles, blend, style_layers, s_shape)
+    A = style_targets(net, styles, blend, style_layers, _style_shapes(styles, shape, style_scale, stretch_style))
     objective = Objective(
         net, content=P, style={name: (A[name], w) for name, w in zip(style_layers, style_layer_weights)},
-        content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight, tv_beta=2.0)
+        content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight, tv_beta=2.0,
+        loss_norm=loss_norm)
     if prev_x is None:
         x = initial_x(net, init, shape, rng, content=c_img, style=resize(styles[0], shape))
     else:
@@ -150,9 +183,13 @@ def _stage(net, content, styles, blend, s, style_scale, content_layers, style_la
     return objective, x, c_img
 
 
-def _style_shape(shape, style_scale):
-    """The content's (height, width) times the style scale, rounded."""
-    return max(1, int(round(shape[0] * style_scale))), max(1, int(round(shape[1] * style_scale)))
+def _style_shapes(styles, shape, style_scale, stretch):
+    """Each style image's (height, width): its own aspect with the longest side the
+    content's times the style scale, or (stretch) the content's shape times the scale."""
+    if stretch:
+        return [(max(1, int(round(shape[0] * style_scale))), max(1, int(round(shape[1] * style_scale))))] * len(styles)
+    longest = max(1, int(round(max(shape) * style_scale)))
+    return [size_for_longest(np.shape(img), longest) for img in styles]
 
 
 def _renderer(net, content, original_colors):

@@ -20,7 +20,7 @@ from ..image import resize_longest, size_for_longest
 from .common import MethodResult, Objective, check_layers, ensure_memory, initial_x, run_optimizer
 from .style import style_targets
 
-TEXTURE_LAYERS = ("conv1_1", "pool1", "pool2", "pool3", "pool4")
+TEXTURE_LAYERS = ("relu1_1", "pool1", "pool2", "pool3", "pool4")
 
 
 def synthesize_texture(net, source, *, layers=TEXTURE_LAYERS, layer_weights=None, size=None, source_size=None,
