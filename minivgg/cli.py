@@ -36,7 +36,7 @@ import sys
 
 from .errors import MiniVGGError
 
-EXTENSION_MODULES = ["minivgg.experiments"]
+EXTENSION_MODULES = ["minivgg.experiments", "minivgg.serve"]
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 PROG = "minivgg"
