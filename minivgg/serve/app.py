@@ -313,5 +313,9 @@ def serve(args):
           f"{w['vgg16']}; jobs in {os.path.abspath(args.out)}; Ctrl-C to stop)", flush=True)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised the Ctrl-C: the normal way to stop
+        pass
+    sys.stderr.write("minivgg serve: stopped\n")
     return 0

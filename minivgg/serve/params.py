@@ -64,18 +64,27 @@ def _build():
                 cli.add_visualize_parser):
         add(sub)
     atlas.add_parser(sub)
-    return {m: sub.choices[m] for m in METHODS}
+    return top, {m: sub.choices[m] for m in METHODS}
 
 
 _PARSERS = None
 
 
-def parsers():
-    """{method: the CLI's argparse parser of that command} (built once)."""
+def _parsers():
     global _PARSERS
     if _PARSERS is None:
         _PARSERS = _build()
     return _PARSERS
+
+
+def parsers():
+    """{method: the CLI's argparse parser of that command} (built once)."""
+    return _parsers()[1]
+
+
+def parse(method, argv):
+    """``minivgg METHOD ARGV`` parsed as the CLI parses it (ParamError: its error text)."""
+    return _parsers()[0].parse_args([method] + list(argv))
 
 
 def _options(parser):
@@ -219,7 +228,7 @@ def build_spec(fields, max_size=None):
             argv += [f"{option}={value}"] if str(value).startswith("-") else [option, value]
     for option, values in multi.items():
         argv += [option] + values
-    args = parsers()[method].parse_args(argv)
+    args = parse(method, argv)
     _check(method, args, max_size)
     return JobSpec(method, argv, args, uploads)
 
