@@ -311,7 +311,8 @@ def serve(args):
     w = {a: weights_in_use(a, args.weights)["source"] for a in ("vgg19", "vgg16")}
     print(f"minivgg serve: http://{shown}:{port}/  (device {args.device}; weights: vgg19 {w['vgg19']}, vgg16 "
           f"{w['vgg16']}; jobs in {os.path.abspath(args.out)}; Ctrl-C to stop)", flush=True)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    # a page left open keeps polling: on Ctrl-C its connections get a few seconds, not forever
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)
     try:
         server.run(sockets=[sock])

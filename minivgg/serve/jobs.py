@@ -215,7 +215,9 @@ class JobQueue:
             proc = job.proc
         if proc is not None:
             self._send_stop(proc)
-            threading.Timer(STOP_GRACE_SECONDS, self._kill_if_alive, args=(proc,)).start()
+            timer = threading.Timer(STOP_GRACE_SECONDS, self._kill_if_alive, args=(proc,))
+            timer.daemon = True  # the server may exit before it fires
+            timer.start()
 
     @staticmethod
     def _send_stop(proc):

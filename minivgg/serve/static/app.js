@@ -117,11 +117,8 @@ function buildForm() {
     if (!groups.has(opt.group)) groups.set(opt.group, []);
     groups.get(opt.group).push(opt);
   }
-  let first = true;
   for (const [title, list] of groups) {
-    const sec = el("details", {class: "card"});
-    if (first || title === "network") sec.open = true;
-    first = false;
+    const sec = el("details", {class: "card", open: ""});
     sec.append(el("summary", {text: title}));
     for (const opt of list) {
       if (opt.kind === "image") sec.append(imagePicker(opt));
@@ -308,10 +305,12 @@ function drawChart(rows) {
   for (let i = 0; i <= 4; i++) {
     const y = T + (H - T - B) * i / 4, v = hi - (hi - lo) * i / 4;
     g.beginPath(); g.moveTo(L, y); g.lineTo(W - R, y); g.stroke();
-    g.fillText(log ? "1e" + v.toFixed(1) : fmt(v), 2, y + 4);
+    g.fillText(fmt(log ? Math.pow(10, v) : v), 2, y + 4);
   }
   g.fillText(String(x0), L, H - 12); g.fillText(String(x1), W - R - 24, H - 12);
   g.fillText("iteration", W / 2 - 20, H - 2);
+  g.fillStyle = "rgba(255,255,255,0.85)";
+  g.fillRect(W - R - 76, T + 1, 72, 13 * series.length + 4);
   series.forEach((k, j) => {
     g.strokeStyle = COLORS[k]; g.lineWidth = k === "total" ? 2 : 1.3;
     g.beginPath();
