@@ -237,6 +237,19 @@ def test_the_command_line_redoes_the_job(client, server, tmp_path):
     assert np.array_equal(a, b)
 
 
+def test_an_atlas_job_reports_each_run(client):
+    status, st = client.create([("method", "atlas"), ("image", "sample:chelsea"), ("size", "32"), ("iters", "2"),
+                                ("content-layers", "conv1_1"), ("style-layers", "conv1_1,conv2_1")])
+    assert status == 201, st
+    st = client.wait(st["id"])
+    assert st["state"] == "done", st
+    assert st["runs"] == 3 and st["rows"] == 3 * 3 == st["expected_rows"]
+    assert {"result.png", "result.csv", "result-curves.png", "log.csv"} <= set(st["files"])
+    assert st["command"].endswith("--out result.png")
+    rows = client.get_json(f"/api/jobs/{st['id']}/rows?since=0")[1]["rows"]
+    assert [r["run"] for r in rows] == [1, 1, 1, 2, 2, 2, 3, 3, 3] and [r["step"] for r in rows] == list(range(9))
+
+
 def test_an_uploaded_image_is_used_as_given(client, server):
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 256, size=(24, 40, 3), dtype=np.uint8)

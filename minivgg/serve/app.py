@@ -34,6 +34,7 @@ from .jobs import FINAL, Job, JobQueue, rows_csv
 
 MAX_FILES = 16
 MAX_FIELDS = 100
+DRAIN_LIMIT = 10  # an oversized request is read and dropped up to this many limits
 
 
 class Settings:
@@ -101,16 +102,22 @@ def create_app(settings):
         return JSONResponse({"jobs": queue.list()})
 
     async def create(request):
+        too_big = (f"request is over this server's limit of {settings.max_upload} bytes (minivgg serve "
+                   f"--max-upload-mb)")
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_upload:
-            return _error(f"request of {int(length)} bytes is over this server's limit of {settings.max_upload} "
-                          f"bytes (minivgg serve --max-upload-mb)", 413)
-        body = bytearray()
+        body, over = bytearray(), length is not None and length.isdigit() and int(length) > settings.max_upload
+        seen = 0
         async for chunk in request.stream():
-            body += chunk
-            if len(body) > settings.max_upload:
-                return _error(f"request is over this server's limit of {settings.max_upload} bytes "
-                              f"(minivgg serve --max-upload-mb)", 413)
+            seen += len(chunk)
+            if not over:
+                body += chunk
+                over = len(body) > settings.max_upload
+            if over:
+                body = bytearray()
+                if seen > DRAIN_LIMIT * settings.max_upload:
+                    break  # past this, the client may see the connection closed before the reply
+        if over:  # read (and dropped) first, so that the client, still sending, gets the reply
+            return _error(too_big, 413)
         body = bytes(body)
 
         async def receive():

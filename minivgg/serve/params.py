@@ -228,7 +228,7 @@ def build_spec(fields, max_size=None):
             argv += [f"{option}={value}"] if str(value).startswith("-") else [option, value]
     for option, values in multi.items():
         argv += [option] + values
-    args = parse(method, argv)
+    args = parse(method, argv + server_argv(method))  # atlas requires --out
     _check(method, args, max_size)
     return JobSpec(method, argv, args, uploads)
 
