@@ -287,7 +287,7 @@ async function stopJob() {
 // ------------------------------------------------------------------ loss curves
 function drawChart(rows) {
   const c = $("loss-chart"), g = c.getContext("2d");
-  const W = c.width, H = c.height, L = 58, R = 10, T = 10, B = 30;
+  const W = c.width, H = c.height, L = 68, R = 10, T = 10, B = 30;
   g.clearRect(0, 0, W, H);
   g.font = "11px system-ui, sans-serif";
   const xs = rows.map((r, i) => ("step" in r ? r.step : i));
