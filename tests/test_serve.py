@@ -237,6 +237,18 @@ def test_the_command_line_redoes_the_job(client, server, tmp_path):
     assert np.array_equal(a, b)
 
 
+def test_a_json_body_works_too(client):
+    body = json.dumps({"method": "style", "content": "sample:chelsea", "style": ["sample:coffee", "sample:rocket"],
+                       "size": 32, "iters": 1, "original-colors": True}).encode()
+    status, ctype, data = request(client.url + "/api/jobs", body, {"Content-Type": "application/json"}, "POST")
+    st = json.loads(data)
+    assert status == 201, st
+    assert "--style sample:coffee sample:rocket" in st["command"] and "--original-colors" in st["command"]
+    assert client.wait(st["id"])["state"] == "done"
+    status, _, data = request(client.url + "/api/jobs", b"[1]", {"Content-Type": "application/json"}, "POST")
+    assert status == 400 and "expected an object" in json.loads(data)["error"]
+
+
 def test_an_atlas_job_reports_each_run(client):
     status, st = client.create([("method", "atlas"), ("image", "sample:chelsea"), ("size", "32"), ("iters", "2"),
                                 ("content-layers", "conv1_1"), ("style-layers", "conv1_1,conv2_1")])

@@ -60,6 +60,11 @@ def add_parser(subparsers):
 
 def run(args):
     """Run the server until Ctrl-C; returns the exit status."""
-    from .app import serve
+    try:
+        from .app import serve
+    except ImportError as e:
+        from ..errors import MiniVGGError
 
+        raise MiniVGGError(f"minivgg serve needs starlette, uvicorn and python-multipart ({e}); "
+                           f"pip install starlette uvicorn python-multipart") from None
     return serve(args)

@@ -125,8 +125,15 @@ def create_app(settings):
 
         replay = Request(request.scope, receive)
         ctype = request.headers.get("content-type", "")
+        if ctype.startswith("application/json"):  # {"method": "texture", "image": "sample:chelsea", "size": 64}
+            try:
+                fields = _json_fields(body)
+            except ValueError as e:
+                return _error(f"cannot read the JSON body ({e})", 400)
+            return await _submit(fields)
         if not (ctype.startswith("multipart/form-data") or ctype.startswith("application/x-www-form-urlencoded")):
-            return _error("send the job as a form: multipart/form-data (curl -F), or url-encoded without images", 415)
+            return _error("send the job as a form: multipart/form-data (curl -F), url-encoded, or a JSON object "
+                          "without images", 415)
         try:
             form = await replay.form(max_files=MAX_FILES, max_fields=MAX_FIELDS)
         except Exception as e:  # MultiPartException and friends: a malformed body
@@ -140,6 +147,9 @@ def create_app(settings):
                 option = "--" + key.lstrip("-").replace("_", "-")
                 fields.append((key, P.Upload(option, data, value.filename or "")))
         await form.close()
+        return await _submit(fields)
+
+    async def _submit(fields):
         try:
             status = await run_in_threadpool(_create_job, queue, settings, fields)
         except P.ParamError as e:
@@ -239,6 +249,22 @@ class _NotFound(Exception):
     def __init__(self, detail):
         super().__init__(detail)
         self.detail = detail
+
+
+def _json_fields(body):
+    """A JSON object as form fields: a list is a repeated field, true/false a flag."""
+    import json
+
+    obj = json.loads(body.decode("utf-8"))
+    if not isinstance(obj, dict):
+        raise ValueError("expected an object of parameters")
+    fields = []
+    for key, value in obj.items():
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, (dict, list)) or v is None:
+                raise ValueError(f"{key}: expected a number, a string or true/false")
+            fields.append((key, ("true" if v else "false") if isinstance(v, bool) else str(v)))
+    return fields
 
 
 def _create_job(queue, settings, fields):
