@@ -441,3 +441,10 @@ def test_loopback_check_and_a_taken_port(tmp_path):
                               str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert out.stderr.strip().startswith(f"error: cannot listen on 127.0.0.1:{port}")
+
+
+def test_a_diverged_loss_is_null_in_json():
+    from minivgg.serve.app import _JSON
+
+    body = _JSON({"losses": {"total": float("nan"), "style": float("inf"), "tv": 1.5}, "rows": [float("-inf")]}).body
+    assert json.loads(body) == {"losses": {"total": None, "style": None, "tv": 1.5}, "rows": [None]}

@@ -17,6 +17,7 @@ Routes (every error is a JSON body ``{"error": "..."}`` with a 4xx status):
 
 import contextlib
 import ipaddress
+import math
 import os
 import socket
 import sys
@@ -46,6 +47,23 @@ class Settings:
         self.max_upload = int(max_upload_mb * 1e6)
         self.max_pixels, self.max_size, self.max_queue = int(max_pixels), int(max_size), int(max_queue)
         self.preview_seconds = float(preview_seconds)
+
+
+class _JSON(JSONResponse):
+    """JSON with a diverged run's NaN / inf losses as null (JSON has no NaN)."""
+
+    def render(self, content):
+        return super().render(_finite(content))
+
+
+def _finite(v):
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
 
 
 def _error(message, status=400):
@@ -88,7 +106,7 @@ def create_app(settings):
         from .. import __version__
         from ..vgg import layer_names
 
-        return JSONResponse({
+        return _JSON({
             "version": __version__, "device": settings.device, "methods": list(P.METHODS),
             "options": {m: P.describe(m) for m in P.METHODS},
             "archs": {a: {"layers": layer_names(a), "weights": weights_in_use(a, settings.weights)["source"]}
@@ -99,7 +117,7 @@ def create_app(settings):
         })
 
     async def list_jobs(request):
-        return JSONResponse({"jobs": queue.list()})
+        return _JSON({"jobs": queue.list()})
 
     async def create(request):
         too_big = (f"request is over this server's limit of {settings.max_upload} bytes (minivgg serve "
@@ -156,10 +174,10 @@ def create_app(settings):
             return _error(e, e.status)
         except MiniVGGError as e:
             return _error(e, 400)
-        return JSONResponse(status, status_code=201)
+        return _JSON(status, status_code=201)
 
     async def job_status(request):
-        return JSONResponse(queue.status(job_or_404(request)))
+        return _JSON(queue.status(job_or_404(request)))
 
     async def job_rows(request):
         job = job_or_404(request)
@@ -170,7 +188,7 @@ def create_app(settings):
         with job.lock:
             rows = job.rows[since:]
             n = len(job.rows)
-        return JSONResponse({"since": since, "rows": rows, "next": n, "state": job.state})
+        return _JSON({"since": since, "rows": rows, "next": n, "state": job.state})
 
     async def job_image(request):
         job = job_or_404(request)
@@ -210,7 +228,7 @@ def create_app(settings):
     async def cancel(request):
         job = job_or_404(request)
         await run_in_threadpool(queue.cancel, job)
-        return JSONResponse(queue.status(job))
+        return _JSON(queue.status(job))
 
     async def not_found(request, exc):
         return _error(getattr(exc, "detail", None) or str(exc) or "not found", getattr(exc, "status_code", 404))

@@ -103,6 +103,7 @@ class Job:
         self.stop_requested = False
         self.proc = None
         self.lock = threading.Lock()
+        self.save_lock = threading.Lock()  # one writer of status.json at a time (one temporary name per process)
         self.done_event = threading.Event()
 
     def path(self, name):
@@ -130,7 +131,8 @@ class Job:
     def save_status(self):
         st = self.status()
         st.pop("files", None)
-        _write_json(self.path("status.json"), st)
+        with self.save_lock:
+            _write_json(self.path("status.json"), st)
 
 
 class JobQueue:
