@@ -122,3 +122,29 @@ def test_page_shows_a_bad_value_and_a_failing_job(server, page):
     page.click("#start")
     page.wait_for_function("document.querySelector('#job-state').textContent === 'failed'", timeout=60_000)
     assert page.text_content("#job-message") == "error: channel 999 out of range for relu1_1, which has 64 channels (0..63)"
+
+
+def test_every_method_form_builds_and_its_defaults_pass_the_checks(server, page):
+    """Each method's form (made from /api/info) sends fields the server accepts as they
+    are: checked with the server's own build_spec, without queueing a job."""
+    from minivgg.serve.params import build_spec
+
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.url + "/")
+    page.wait_for_selector('#method option[value="atlas"]', state="attached")
+    for method in ("style", "texture", "invert", "dream", "visualize", "atlas"):
+        page.select_option("#method", method)
+        if method == "visualize":  # no default layer: the CLI asks for --layer or --class
+            page.check('[data-opt="layer"] input[value="relu3_1"]')
+        fields = page.evaluate("[...formData().entries()].map(([k, v]) => [k, String(v)])")
+        assert ["method", method] in fields
+        spec = build_spec([tuple(f) for f in fields])
+        assert spec.method == method
+    page.select_option("#method", "style")
+    page.select_option('[data-opt="arch"]', "vgg16")
+    assert "vgg16" in page.text_content("#weights")
+    from minivgg.vgg import layer_names
+
+    assert page.locator('[data-opt="style-layers"] input').count() == len(layer_names("vgg16")) == 31
+    assert not errors, errors

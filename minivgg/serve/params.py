@@ -92,10 +92,15 @@ def _options(parser):
     return {s: a for a in parser._actions for s in a.option_strings if s.startswith("--")}
 
 
+def _is_image(action):
+    """An option that takes an image (atlas's --init is a plain choice)."""
+    return action.dest in IMAGE_DESTS and not action.choices
+
+
 def _kind(method, action):
     from ..cli import name_list
 
-    if action.dest in IMAGE_DESTS:
+    if _is_image(action):
         return "image"
     if action.dest in LAYER_DESTS:
         return "layers" if (action.type is name_list or method == "atlas") else "layer"
@@ -201,7 +206,7 @@ def build_spec(fields, max_size=None):
         if action is None:
             argv.append(f"{option}={value}" if isinstance(value, str) else option)  # argparse names it
             continue
-        if action.dest in IMAGE_DESTS:
+        if _is_image(action):
             if isinstance(value, Upload):
                 n = counts[action.dest] = counts.get(action.dest, 0) + 1
                 name = f"{action.dest}.png" if action.nargs != "+" else f"{action.dest}-{n}.png"
