@@ -7,7 +7,6 @@ no ``playwright install``: the browser is the system's).
 Set MINIVGG_SERVE_SCREENSHOTS=DIR to keep the screenshots it takes.
 """
 
-import io
 import os
 import time
 
