@@ -12,7 +12,8 @@ Routes (every error is a JSON body ``{"error": "..."}`` with a 4xx status):
     GET  /api/jobs/{id}/log        the log (CSV)
     GET  /api/jobs/{id}/command    the equivalent command line (text)
     GET  /api/jobs/{id}/files/{name}   one of the files the status lists
-    POST /api/jobs/{id}/cancel     stop it (a waiting job is cancelled, a running one keeps its image)
+    POST /api/jobs/{id}/cancel     stop it (a waiting job is cancelled, a running one keeps its image);
+    DELETE /api/jobs/{id}          the same (the job and its files stay)
 """
 
 import contextlib
@@ -242,7 +243,8 @@ def create_app(settings):
         Route("/api/info", info),
         Route("/api/jobs", list_jobs, methods=["GET"]),
         Route("/api/jobs", create, methods=["POST"]),
-        Route("/api/jobs/{id}", job_status),
+        Route("/api/jobs/{id}", job_status, methods=["GET"]),
+        Route("/api/jobs/{id}", cancel, methods=["DELETE"]),  # the same as POST .../cancel; the files stay
         Route("/api/jobs/{id}/rows", job_rows),
         Route("/api/jobs/{id}/image", job_image),
         Route("/api/jobs/{id}/log", job_log),
