@@ -37,7 +37,7 @@ import sys
 from .errors import MiniVGGError
 from .weights import describe as describe_weights
 
-EXTENSION_MODULES = ["minivgg.experiments"]
+EXTENSION_MODULES = ["minivgg.experiments", "minivgg.serve"]
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 PROG = "minivgg"
