@@ -522,10 +522,11 @@ def run_style(args):
 
 
 TEXTURE_HELP = """\
-Texture synthesis (Gatys, Ecker & Bethge 2015): from white noise, minimize
+Texture synthesis (Gatys, Ecker & Bethge 2015): from a faint noise, minimize
   total = style_weight * sum_l w_l E_l + tv_weight * TV,  E_l = 1/(4 N_l^2 M_l^2) sum (G - A)^2
-with A the source's Gram matrices (taken at the source's own size, or --source-size)
-and w_l = 1/(number of layers). The output size (--size) is independent of the source's."""
+with A the source's Gram matrices and w_l = 1/(number of layers). The source is resized to
+--size first (or --source-size), so that the texture keeps the source's scale; with
+--source-size larger than --size its structures come out larger."""
 
 
 def add_texture_parser(sub):
@@ -542,7 +543,8 @@ def add_texture_parser(sub):
     g.add_argument("--size", type=positive_int, default=None,
                    help="longest side of the output (default: the source's size)")
     g.add_argument("--source-size", type=positive_int, default=None,
-                   help="resize the source to this longest side first (default: its own size)")
+                   help="resize the source to this longest side before taking its statistics (default: --size, "
+                        "so the texture keeps the source's scale; without --size, the source's own)")
     g.add_argument("--style-weight", type=nonneg_float, default=1.0, help="weight of the Gram term (default 1)")
     g.add_argument("--tv-weight", type=nonneg_float, default=0.0, help="weight of the total variation (default 0)")
     g.add_argument("--init", default="noise", metavar="noise|uniform|FILE",
