@@ -148,8 +148,11 @@ def _check_source(src, where):
     for kind, layers in (("convolution", src.convs), ("fully connected", src.fcs)):
         if len(layers) > 64:
             raise MiniVGGError(f"{where}: {len(layers)} {kind} layers: not a VGG network")
-        for sname, W, b in layers:
+        for i, (sname, W, b) in enumerate(layers):
             label = mw.quote(sname)
+            if not isinstance(sname, str) or len(sname) > mw.QUOTE_LIMIT or not sname.isprintable():
+                # names reach inspect's listing and later messages: escaped and cut here, once
+                layers[i] = (mw.clean_message(sname, mw.QUOTE_LIMIT), W, b)
             for what, a in (("weights", W), ("bias", b)):
                 if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiub":
                     raise MiniVGGError(f"{where}: layer {label}: {what} are not an array of numbers")

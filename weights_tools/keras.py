@@ -70,7 +70,7 @@ def read_layers(path, f):
             if not wn or wn not in g:
                 raise MiniVGGError(f"{where}: weight {mw.quote(wn)} of layer {mw.quote(lname)} is listed but missing")
             arrays.append(mw.read_dataset(mw.hard_get(g, wn, where), where, f"{lname}/{wn}",
-                                          max_elements=mw.MAX_TOTAL_ELEMENTS - total))
+                                          max_elements=min(mw.MAX_LAYER_ELEMENTS, mw.MAX_TOTAL_ELEMENTS - total)))
             total += arrays[-1].size
         out.append((lname, arrays))
     return out

@@ -33,6 +33,8 @@ from minivgg.errors import MiniVGGError
 
 MI_INT8, MI_INT32, MI_UINT32, MI_MATRIX, MI_COMPRESSED = 1, 5, 6, 14, 15
 MX_CELL, MX_STRUCT, MX_OBJECT, MX_CHAR, MX_SPARSE = 1, 2, 3, 4, 5
+MI_SIZES = {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 9: 8, 12: 8, 13: 8, 16: 1, 17: 2, 18: 4}
+MX_COMPLEX = 0x0800
 MAX_CONTAINER = 1 << 12  # cells / struct elements in one array (VGG-19: 43 layers)
 MAX_FIELDS = 64
 MAX_NESTING = 16
@@ -113,7 +115,8 @@ def _matrix(buf, pos, end, order, where, depth):
     t, n, s, pos = _tag(buf, pos, order, end, where)
     if t != MI_UINT32 or n < 4:
         raise MiniVGGError(f"{where}: corrupt MATLAB file (array without flags)")
-    cls = struct.unpack_from(order + "I", buf, s)[0] & 0xFF
+    flags = struct.unpack_from(order + "I", buf, s)[0]
+    cls = flags & 0xFF
     t, n, s, pos = _tag(buf, pos, order, end, where)
     if t != MI_INT32 or n % 4 or n // 4 > 8:
         raise MiniVGGError(f"{where}: corrupt MATLAB file (array dimensions)")
@@ -141,6 +144,16 @@ def _matrix(buf, pos, end, order, where, depth):
             raise MiniVGGError(f"{where}: a struct with {nfields} fields; at most {MAX_FIELDS} expected")
         for _ in range(count * nfields):
             pos = _walk(buf, pos, end, order, where, depth + 1)
+    else:
+        # numbers or characters: scipy's reader trusts the parts to be there and the
+        # right size (a complex flag without an imaginary part crashes it)
+        if flags & MX_COMPLEX:
+            raise MiniVGGError(f"{where}: a complex array: not a MatConvNet network")
+        t, n, s, pos = _tag(buf, pos, order, end, where)
+        if t not in MI_SIZES:
+            raise MiniVGGError(f"{where}: corrupt MATLAB file (data of unknown type {t})")
+        if t not in (16, 17, 18) and n != count * MI_SIZES[t]:
+            raise MiniVGGError(f"{where}: corrupt MATLAB file (an array of {count} elements with {n} bytes of data)")
 
 
 def is_mat(head):

@@ -96,7 +96,7 @@ def check_image_sizes(paths, size):
 
     total = 0
     for p in paths:
-        mw.check_regular_file(p, "image")
+        mw.check_regular_file(p, "image file", missing="image")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -128,7 +128,7 @@ def load_images(paths):
 
     imgs = []
     for p in image_files(paths):
-        mw.check_regular_file(p, "image")
+        mw.check_regular_file(p, "image file", missing="image")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
