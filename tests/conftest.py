@@ -8,6 +8,7 @@ def pytest_configure(config):
         ("torch", "compares with PyTorch (skipped when torch is not installed)"),
         ("nvcc", "compiles CUDA sources with nvcc (skipped when nvcc is absent)"),
         ("gpu", "needs a real CUDA GPU and CuPy (skipped otherwise)"),
+        ("fuzz", "long fuzzing of the readers and the CLI (skipped unless selected with -m fuzz)"),
     ]:
         config.addinivalue_line("markers", f"{name}: {what}")
 

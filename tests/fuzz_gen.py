@@ -321,7 +321,7 @@ def gen_zip(rng, d, secret):
     import zlib
 
     big = 1 << 30
-    bomb_pkl = p_pickle(b"N") + b"\0" * (64 << 20)
+    bomb_pkl = p_pickle(b"N") + b"\0" * (17 << 20)
     for comp, cname in ((zipfile.ZIP_DEFLATED, "deflate"), (zipfile.ZIP_BZIP2, "bz2"), (zipfile.ZIP_LZMA, "lzma")):
         p = os.path.join(d, f"zip-pkl-bomb-{cname}.pth")
         torch_zip(p, bomb_pkl, compression=comp)
@@ -329,13 +329,13 @@ def gen_zip(rng, d, secret):
         # a storage record that inflates far past what the pickle needs
         p = os.path.join(d, f"zip-record-bomb-{cname}.pth")
         torch_zip(p, p_pickle(p_dict([(p_str("features.0.bias"), p_tensor(64, (64,), (1,)))])),
-                  [("0", b"\0" * (32 << 20))], compression=comp)
+                  [("0", b"\0" * (8 << 20))], compression=comp)
         cases.append(convert_case("zip", f"record-bomb-{cname}", p, d))
     # the byteorder member as a bomb
     p = os.path.join(d, "zip-byteorder-bomb.pth")
     with zipfile.ZipFile(p, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("archive/data.pkl", p_pickle(p_dict([])))
-        z.writestr("archive/byteorder", b"l" * (64 << 20))
+        z.writestr("archive/byteorder", b"l" * (1 << 20))
     cases.append(convert_case("zip", "byteorder-bomb", p, d))
     # traversal and absolute names
     for name in ("../../etc/data.pkl", "/abs/data.pkl", "a/../../data.pkl"):
@@ -585,7 +585,7 @@ def gen_mat(rng, d, secret):
     write("string-mean", [layer(W, b)], meta={"normalization": {"averageImage": "abc"}})
     write("cell-mean", [layer(W, b)], meta={"normalization": {"averageImage": cell}})
     write("layers-numbers", [np.zeros(3)])
-    write("compressed-bomb", [layer(np.zeros((4096, 4096, 8), "f4"), b)], compress=True)
+    write("compressed-bomb", [layer(np.zeros((2048, 2048, 4), "f4"), b)], compress=True)
     p = os.path.join(d, "mat-huge-cell.mat")
     hc = np.empty((1, 2), dtype=object)
     hc[0, 0], hc[0, 1] = np.zeros(1), np.zeros(1)
