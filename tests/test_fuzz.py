@@ -200,3 +200,37 @@ def test_fuzz_every_class_isolated(tmp_path, request):
     cases, token = fg.make_cases(d, seed=4, mutations=10)
     results = [_run_isolated(tmp_path, c, i) for i, c in enumerate(cases)]
     _check_all(cases, results, token, d)
+
+
+MEMORY_CHILD = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {here!r})
+    from weights_tools import cli
+    rc = cli.main(["convert", {src!r}, "--out", {out!r}])
+    hwm = [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+    print(int(hwm) * 1024, file=sys.stderr)
+    sys.exit(rc)
+""")
+IMPORTS_CHILD = ("import weights_tools.cli, weights_tools.convert, h5py, scipy.io, numpy;"
+                 "print(int([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0]) * 1024)")
+
+
+@pytest.mark.fuzz
+def test_conversion_peak_memory_is_a_small_multiple_of_the_weights(tmp_path, request):
+    """Peak resident memory of a conversion, above what the imports take, at most 3x the
+    weights it writes, for every reader (docs/security.md has the measured factors)."""
+    _long_part(request)
+    import weights_gen as gen
+
+    files = fg.genuine_files(str(tmp_path), full=True)
+    params = gen.random_params("vgg16", seed=3)
+    weights = sum(W.nbytes + b.nbytes for W, b in params.values())
+    base = int(subprocess.run([sys.executable, "-c", IMPORTS_CHILD], env=CHILD_ENV, capture_output=True,
+                              text=True).stdout)
+    for kind, src in files.items():
+        out = str(tmp_path / f"out-{kind}.h5")
+        r = subprocess.run([sys.executable, "-c", MEMORY_CHILD.format(here=HERE, src=src, out=out)], env=CHILD_ENV,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, (kind, r.stderr)
+        peak = int(r.stderr.strip().splitlines()[-1])
+        assert peak - base <= 3 * weights, (kind, peak / 2**20, base / 2**20, weights / 2**20)
