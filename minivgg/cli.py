@@ -49,7 +49,9 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with the project's error format: one line, ``error: ...``, exit 2."""
 
     def error(self, message):
-        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
+        from .weights import clean_message
+
+        sys.stderr.write(f"error: {clean_message(message, limit=1000)} (see {self.prog} --help)\n")
         sys.exit(EXIT_ERROR)
 
 

@@ -154,3 +154,43 @@ def test_sigterm_and_sighup_stop_and_still_write(files, tmp_path, sig):
     assert rows[0].startswith("iter,") and len(rows) >= 4
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
     assert np.isfinite(np.asarray([float(r.split(",")[1]) for r in rows[1:]])).all()
+
+
+ODD_VALUES = ["-1", "0", "1", "1e308", "-1e308", "nan", "inf", "-inf", "1e-320", "9" * 400, "0x10", "", " ",
+              "1_000", "\x00", "3\n4", "\x1b[31m", "1e15", "4294967296", "-0"]
+NUMERIC = {
+    "style": ["--iters", "--lr", "--history-size", "--momentum", "--tol", "--seed", "--save-every", "--style-scale",
+              "--content-weight", "--style-weight", "--tv-weight", "--size", "--scales", "--style-blend",
+              "--style-layer-weights"],
+    "invert": ["--alpha", "--beta", "--alpha-weight", "--tv-weight", "--content-weight", "--size"],
+    "dream": ["--channel", "--octaves", "--octave-scale", "--iters", "--lr", "--jitter", "--zoom-steps",
+              "--zoom-scale", "--seed", "--size"],
+    "visualize": ["--channel", "--size", "--jitter", "--tv-weight", "--l2-weight"],
+    "texture": ["--size", "--source-size", "--style-weight", "--tv-weight", "--layer-weights"],
+}
+
+
+def test_odd_option_values_parse_or_fail_in_one_clean_line(capsys):
+    """Every numeric option of the method commands with 20 odd values: either a finite
+    value comes out, or one printable error line and exit 2 (nothing runs: parse only)."""
+    from minivgg.cli import build_parser
+
+    parser = build_parser()
+    required = {"style": ["--content", "a.png", "--style", "b.png"], "invert": ["--image", "a.png"],
+                "dream": ["--image", "a.png"], "visualize": ["--layer", "relu1_1"], "texture": ["--image", "a.png"]}
+    tried = 0
+    for command, options in NUMERIC.items():
+        for opt in options:
+            for value in ODD_VALUES:
+                tried += 1
+                try:
+                    args = parser.parse_args([command, *required[command], f"{opt}={value}"])
+                except SystemExit as e:
+                    assert e.code == 2
+                    line = _one_error(capsys)
+                    assert line.isprintable() and opt in line, line
+                    continue
+                v = getattr(args, opt[2:].replace("-", "_"))
+                for x in (v if isinstance(v, list) else [v]):
+                    assert np.isfinite(x) and x >= 0, (command, opt, value, v)
+    assert tried == 20 * sum(len(o) for o in NUMERIC.values())
