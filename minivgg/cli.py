@@ -570,7 +570,7 @@ default form does not, so the default weights suit every size (docs/methods.md).
 The log's content/style/tv columns are Lc, Ls, TV (unweighted); total is the sum above.
 Each style image keeps its aspect ratio, its longest side the content's times
 --style-scale (--stretch-style: the content's height and width). The defaults (content
-1, style 1e-2, TV 1e-3, L-BFGS with a line search from a faint noise) were chosen on the
+1, style 3e-3, TV 2e-2, L-BFGS with a line search from a faint noise) were chosen on the
 pretrained VGG-16 and VGG-19 at 128-512 px, plain and Gatys-normalized weights."""
 
 
