@@ -750,7 +750,8 @@ def add_warmup_parser(sub):
                    help="the pooling(s) to compile for (default both)")
     p.add_argument("--methods", type=lambda s: _choices(s, METHODS, "method"), default=list(METHODS),
                    metavar="M,M", help=f"the methods whose objectives to compile (default all: {','.join(METHODS)})")
-    p.add_argument("--list", action="store_true", help="also list every kernel and its specializations")
+    p.add_argument("--list", action="store_true",
+                   help="also list every kernel it ran: its specializations, and how many this warmup added")
     p.set_defaults(_run=run_warmup_cmd)
 
 
@@ -771,8 +772,8 @@ def run_warmup_cmd(args):
     if report.cache_dir:
         print(f"numba cache: {report.cache_dir} (target CPU {report.target})")
     if args.list:
-        for name, n in sorted(report.compiled.items()):
-            print(f"  {name}: {n}")
+        for name, n in sorted(report.used.items()):
+            print(f"  {name}: {n} specialization{'s' if n > 1 else ''}, {report.compiled.get(name, 0)} new")
     return 0
 
 

@@ -69,8 +69,8 @@ def run_demo(out_dir=DEMO_DIR, size=None, iters=None, device="cpu", quiet=False,
                 clock["t0"] = time.perf_counter()
                 clock["bar"] = tqdm(total=iters + 1, initial=1, desc=f"demo {name}", disable=quiet, leave=False,
                                     file=sys.stderr)
-            else:
-                clock["bar"].update(1)
+                return False  # the clock starts here: at least one update whatever the budget
+            clock["bar"].update(1)
             clock["bar"].set_postfix_str(f"loss {rec['total']:.4g}", refresh=False)
             return time.perf_counter() - clock["t0"] > budget
 

@@ -84,12 +84,12 @@ def cache_dir():
     return None
 
 
-# Kernels every CPU forward + backward calls: when one of them has nothing in numba's
-# cache for this CPU, the warmup is going to compile.
+# Kernels every CPU forward + backward calls, whichever GEMM (ours or BLAS) runs the
+# products: when one of them has nothing in numba's cache for this CPU, the warmup is
+# going to compile.
 CORE_KERNELS = (
-    "minivgg.cpu.fused._relu_forward",
     "minivgg.cpu.im2col._im2col_rows",
-    "minivgg.cpu.winograd._products_kept",
+    "minivgg.cpu.im2col._col2im_planes",
     "minivgg.cpu.winograd_kernels._input_transform_fwd",
     "minivgg.cpu.winograd_kernels._output_transform_fwd",
     "minivgg.cpu.winograd_kernels._output_transform_bwd",
@@ -133,12 +133,14 @@ def _signatures():
 
 class WarmupReport:
     """What :func:`warmup` did: ``seconds``, ``compiled`` ({kernel: specializations
-    compiled or loaded}), ``from_cache`` (how many of them came from numba's cache),
+    compiled or loaded by this warmup}), ``from_cache`` (how many of them came from numba's
+    cache), ``used`` ({kernel: specializations it holds now}, every kernel the workload ran),
     ``cache_dir``, ``target`` (the CPU name compiled for), ``device``."""
 
-    def __init__(self, device, seconds, compiled, from_cache, cache_dir, target):
+    def __init__(self, device, seconds, compiled, from_cache, cache_dir, target, used=None):
         self.device, self.seconds, self.compiled = device, seconds, compiled
         self.from_cache, self.cache_dir, self.target = from_cache, cache_dir, target
+        self.used = used or {}
 
     @property
     def specializations(self):
@@ -150,7 +152,9 @@ class WarmupReport:
         if self.device != "cpu":
             what = "CUDA kernels (NVRTC, cached by CuPy)" if self.device == "gpu" else "emulated CUDA kernels (g++)"
             return f"{what} and {n} CPU kernel specializations ready in {self.seconds:.1f} s"
-        if n and hit == n:
+        if n == 0:
+            return f"every CPU kernel specialization was already compiled in this process ({self.seconds:.1f} s)"
+        if hit == n:
             return (f"loaded {n} CPU kernel specializations ({len(self.compiled)} kernels) for {self.target} from "
                     f"the cache in {self.seconds:.1f} s")
         return (f"compiled {n - hit} CPU kernel specializations for {self.target} ({len(self.compiled)} kernels, "
@@ -247,7 +251,8 @@ def warmup(device="cpu", poolings=("avg", "max"), methods=METHODS, out=None, qui
     seconds = time.perf_counter() - t0
     after = _signatures()
     compiled = {name: n - before.get(name, 0) for name, n in after.items() if n > before.get(name, 0)}
-    report = WarmupReport(device, seconds, compiled, _hits() - hits0, cache_dir(), target_cpu())
+    used = {name: n for name, n in after.items() if n}
+    report = WarmupReport(device, seconds, compiled, _hits() - hits0, cache_dir(), target_cpu(), used)
     if not quiet:
         out.write(f"{prefix}: {report.summary()}\n")
         out.flush()
