@@ -28,14 +28,32 @@ def _gatys_grads(feats, targets):
 @pytest.mark.parametrize("arch", ["vgg16", "vgg19"])
 @pytest.mark.parametrize("pooling", ["avg", "max"])
 def test_net_matches_torch(arch, pooling):
-    """Features and the Gatys gradient in float32, against torch float64 with torch float32
-    as the yardstick (helpers_torch.assert_float32_as_good_as_torch): within the old bounds
-    (1e-5 features, 1e-4 gradient) of float64, and of torch float32 too wherever torch's own
-    error is under a quarter of them; else within 4x torch float32's error. Why: on this
-    37x45 input a few ReLU pre-activations sit within float32 rounding of zero, and on an
-    AVX2 machine torch's float32 gradient moved 2.6e-4 / 2.9e-4 (VGG-16 / 19) from ours, with
-    our CPU and emulated paths agreeing with each other; which side of a tie a float32 sum
-    lands on depends on the CPU's summation order, float64's does not."""
+    """Features and the Gatys gradient in float32, against torch float64 on the same weights
+    and input, torch float32 the yardstick (helpers_torch.assert_float32_as_good_as_torch).
+
+    Why: on this 37x45 input a few ReLU pre-activations sit within float32 rounding of zero,
+    and which side a float32 sum puts them on depends on its summation order, i.e. on the
+    CPU. With torch's oneDNN limited to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2) its float32 gradient is
+    2.9e-4 (VGG-16) / 2.7e-4 (VGG-19) from float64 with average pooling, ours 1.0e-6 /
+    1.1e-6 (CPU and emulated alike): the old test, rel_err(ours, torch float32) < 1e-4, failed
+    there on torch's rounding, as reported from an AVX2 machine (2.6e-4 / 2.9e-4).
+
+    The bound, derived: with e_ours = rel_err(ours, t64), e_torch = rel_err(t32, t64) and
+    B the old bound (1e-5 features, 1e-4 gradient), require
+
+        e_ours <= max(B, 4 e_torch),  and  rel_err(ours, t32) < B  whenever 4 e_torch <= B.
+
+    Where torch's own error is under B / 4 (every case measured on AVX-512, features and
+    gradients 2e-7 - 3e-6) the old check is kept unchanged and a second one, B against the
+    exact result, is added: stricter than before. Only where torch float32 is already more
+    than B / 4 from the exact result, so that the old check measured torch's rounding
+    rather than ours, is the fixed bound against t32 replaced by "no worse than 4x torch's own
+    error" against t64. Why 4: the factor matters only where torch's error exceeds B / 4,
+    that is where a tie decided it; 4x leaves room for our rounding on top of the same tie
+    (rounding alone: ours 1e-6 - 7e-6, torch's 3e-7 - 3e-6 here, Winograd's being 2-6x a
+    direct convolution's, docs/winograd.md), while a tie that we decide differently from
+    float64 moves the gradient by 1e-4 - 1e-2 and still fails unless torch made an error of
+    the same size on the same input."""
     torch = pytest.importorskip("torch")
     from helpers_torch import assert_float32_as_good_as_torch, torch_gatys_objective, torch_reference
 
