@@ -718,10 +718,16 @@ def run_classify(args):
 def add_demo_parser(sub):
     from .demo import DEMO_DIR
 
-    p = sub.add_parser("demo", help="style transfer and a texture on built-in photos, in a few minutes",
+    p = sub.add_parser("demo", help="style transfer and a texture on built-in photos (about 1 minute on 2 cores; "
+                                    "2-3 the first time)",
                        description="Runs a small style transfer and a texture synthesis on photos shipped with "
                                    "scikit-image (no network needed) and writes the inputs, the results and a "
-                                   "side-by-side PNG. Uses fetched weights when present, else random weights.")
+                                   "side-by-side PNG. Uses fetched weights when present, else random weights. "
+                                   "First it compiles the CPU kernels it needs (`minivgg warmup`: 1-3 minutes on "
+                                   "2 cores on the first run on a machine, a few seconds once numba has cached "
+                                   "them), then optimizes each picture for at most --iters iterations or 60 s, "
+                                   "whichever comes first, compiling not counted: about a minute in all on a "
+                                   "2-core CPU once compiled.")
     p.add_argument("--out", default=DEMO_DIR, metavar="DIR", help=f"output folder (default {DEMO_DIR})")
     p.add_argument("--size", type=positive_int, default=None, help="longest side (default 128; 256 with a GPU)")
     p.add_argument("--iters", type=nonneg_int, default=None, help="iterations per result (default 60)")

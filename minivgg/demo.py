@@ -53,7 +53,7 @@ def run_demo(out_dir=DEMO_DIR, size=None, iters=None, device="cpu", quiet=False,
     # the style layers end at relu5_1 and the texture layers at pool4: nothing deeper is kept
     net = load_vgg("vgg19", weights=None, pooling="avg", device=device, up_to="relu5_1")
     # compile before any clock starts (the first run on a machine compiles for a minute or more)
-    warmup(device, poolings=("avg",), methods=("style", "texture"), quiet=quiet, prefix="minivgg demo")
+    warmup(device, poolings=("avg",), methods=("style", "texture"), max_side=size, quiet=quiet, prefix="minivgg demo")
     os.makedirs(out_dir, exist_ok=True)
     results = {}
     for name, run in (

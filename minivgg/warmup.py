@@ -19,7 +19,8 @@ enough that the arithmetic is negligible next to compiling:
 - a forward + backward through VGG-19 at a few image sizes whose feature maps send some
   layers through Winograd keeping its transformed weights, some through Winograd making
   them as it goes, some through im2col, and conv1_1's backward through im2col in bands
-  (``cpu/ops.py``: the thresholds), with the layers fused (conv + ReLU, the average pool's
+  (``cpu/ops.py``: the thresholds; the bands only when a run's images can be large enough,
+  ``max_side``), with the layers fused (conv + ReLU, the average pool's
   backward folded in) and unfused (a pre-ReLU conv or a pool output asked for), and the
   max-pool near-tie refinement;
 - one or two iterations of each method's objective (content, style with deferred
@@ -187,9 +188,13 @@ def announce(out=sys.stderr, prefix="minivgg"):
 METHODS = ("style", "texture", "invert", "dream", "visualize")
 
 
-def run_workload(device="cpu", poolings=("avg", "max"), methods=METHODS):
+def run_workload(device="cpu", poolings=("avg", "max"), methods=METHODS, max_side=None):
     """Every code path of a run, at small sizes, on random weights (see the module docstring);
-    ``methods``: the methods whose objectives and optimizers are run."""
+    ``methods``: the methods whose objectives and optimizers are run; ``max_side``: the
+    longest image side the run will use (None: any), which leaves out the banded backward
+    when no image is large enough to take it."""
+    from .cpu.ops import IM2COL_BAND_ABOVE
+
     from .methods.dream import dream
     from .methods.invert import invert
     from .methods.style import style_transfer
@@ -209,7 +214,7 @@ def run_workload(device="cpu", poolings=("avg", "max"), methods=METHODS):
                 feats = net.forward(x, layers)
                 net.backward({name: f * np.float32(1e-3) for name, f in feats.items()}, keep=False)
                 del feats
-        if device == "cpu":
+        if device == "cpu" and (max_side is None or 27 * max_side * max_side > IM2COL_BAND_ABOVE):
             shallow = load_vgg("vgg19", weights=params, pooling=pooling, device=device, up_to="relu1_2")
             x = (rng.standard_normal((1, 3) + BAND_SHAPE) * 50).astype(np.float32)
             f = shallow.forward(x, ["relu1_1", "relu1_2"])
@@ -233,9 +238,11 @@ def run_workload(device="cpu", poolings=("avg", "max"), methods=METHODS):
         visualize(net, layer="relu3_1", channel=0, size=METHOD_SIDE, iters=1)
 
 
-def warmup(device="cpu", poolings=("avg", "max"), methods=METHODS, out=None, quiet=False, prefix="minivgg"):
+def warmup(device="cpu", poolings=("avg", "max"), methods=METHODS, max_side=None, out=None, quiet=False,
+           prefix="minivgg"):
     """Compile (or load from numba's cache) every kernel specialization a run on ``device``
-    with one of ``poolings`` and ``methods`` needs, before anything is timed; return a
+    with one of ``poolings`` and ``methods`` on images of at most ``max_side`` (None: any)
+    needs, before anything is timed; return a
     :class:`WarmupReport`. Prints to ``out`` (default stderr) one line before (only when
     the cache is cold for this CPU) and one after, unless ``quiet``."""
     out = out or sys.stderr
@@ -247,7 +254,7 @@ def warmup(device="cpu", poolings=("avg", "max"), methods=METHODS, out=None, qui
         announce(out, prefix)
     before, hits0 = _signatures(), _hits()
     t0 = time.perf_counter()
-    run_workload(device, poolings, methods)
+    run_workload(device, poolings, methods, max_side)
     seconds = time.perf_counter() - t0
     after = _signatures()
     compiled = {name: n - before.get(name, 0) for name, n in after.items() if n > before.get(name, 0)}

@@ -24,7 +24,7 @@ def test_demo_compiles_nothing_after_the_warmup(tmp_path, monkeypatch):
 
     monkeypatch.setenv("MINIVGG_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.delenv("MINIVGG_WEIGHTS", raising=False)
-    report = wu.warmup("cpu", poolings=("avg",), methods=("style", "texture"), quiet=True)
+    report = wu.warmup("cpu", poolings=("avg",), methods=("style", "texture"), max_side=128, quiet=True)
     assert report.cache_dir and report.target
     before = wu._signatures()
     assert sum(before.values()) > 0
