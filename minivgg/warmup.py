@@ -242,16 +242,20 @@ def warmup(device="cpu", poolings=("avg", "max"), methods=METHODS, max_side=None
            prefix="minivgg"):
     """Compile (or load from numba's cache) every kernel specialization a run on ``device``
     with one of ``poolings`` and ``methods`` on images of at most ``max_side`` (None: any)
-    needs, before anything is timed; return a
-    :class:`WarmupReport`. Prints to ``out`` (default stderr) one line before (only when
-    the cache is cold for this CPU) and one after, unless ``quiet``."""
-    out = out or sys.stderr
+    needs, before anything is timed; return a :class:`WarmupReport`. Prints to ``out``
+    (default stderr) one line before (on the CPU only when its cache is cold for this
+    processor) and one after, unless ``quiet``."""
     from .backend import check_device
 
+    out = out or sys.stderr
     check_device(device)
     _cpu_modules()
-    if not quiet:
+    if not quiet and device == "cpu":
         announce(out, prefix)
+    elif not quiet:
+        out.write(f"{prefix}: compiling the {device} device's CUDA kernels where not cached yet "
+                  f"({'NVRTC, cached by CuPy' if device == 'gpu' else 'g++, cached in $MINIVGG_EMULATE_CACHE'})\n")
+        out.flush()
     before, hits0 = _signatures(), _hits()
     t0 = time.perf_counter()
     run_workload(device, poolings, methods, max_side)
