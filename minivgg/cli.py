@@ -889,10 +889,16 @@ def run_classify(args):
 def add_demo_parser(sub):
     from .demo import DEMO_DIR
 
-    p = sub.add_parser("demo", help="style transfer and a texture on built-in photos, in a few minutes",
+    p = sub.add_parser("demo", help="style transfer and a texture on built-in photos (about 1 minute on 2 cores; "
+                                    "2-3 the first time)",
                        description="Runs a small style transfer and a texture synthesis on photos shipped with "
                                    "scikit-image (no network needed) and writes the inputs, the results and a "
-                                   "side-by-side PNG. Uses fetched weights when present, else random weights.")
+                                   "side-by-side PNG. Uses fetched weights when present, else random weights. "
+                                   "First it compiles the CPU kernels it needs (`minivgg warmup`: 1-3 minutes on "
+                                   "2 cores on the first run on a machine, a few seconds once numba has cached "
+                                   "them), then optimizes each picture for at most --iters iterations or 60 s, "
+                                   "whichever comes first, compiling not counted: about a minute in all on a "
+                                   "2-core CPU once compiled.")
     p.add_argument("--out", default=DEMO_DIR, metavar="DIR", help=f"output folder (default {DEMO_DIR})")
     p.add_argument("--size", type=side_int, default=None, help="longest side (default 128; 256 with a GPU)")
     p.add_argument("--iters", type=iters_int, default=None, help="iterations per result (default 60)")
@@ -907,8 +913,49 @@ def run_demo_cmd(args):
     return run_demo(args.out, size=args.size, iters=args.iters, device=args.device, quiet=args.quiet)
 
 
+def add_warmup_parser(sub):
+    from .warmup import METHODS
+
+    p = sub.add_parser("warmup", help="compile the kernels the other commands need (numba caches them)",
+                       description="Compiles every kernel specialization the method commands need on this "
+                                   "machine (numba, cached on disk: later runs load it in seconds), by running "
+                                   "each code path once at small sizes on random weights, and prints what it "
+                                   "compiled, how long it took and where the cache is. The first run on a "
+                                   "machine compiles (about 1-3 minutes on 2 cores); `demo` runs it first.")
+    p.add_argument("--device", choices=("cpu", "gpu", "emulated"), default="cpu", help="device (default cpu)")
+    p.add_argument("--pooling", choices=("avg", "max", "both"), default="both",
+                   help="the pooling(s) to compile for (default both)")
+    p.add_argument("--methods", type=lambda s: _choices(s, METHODS, "method"), default=list(METHODS),
+                   metavar="M,M", help=f"the methods whose objectives to compile (default all: {','.join(METHODS)})")
+    p.add_argument("--list", action="store_true",
+                   help="also list every kernel it ran: its specializations, and how many this warmup added")
+    p.set_defaults(_run=run_warmup_cmd)
+
+
+def _choices(s, allowed, what):
+    items = [x.strip() for x in s.split(",") if x.strip()]
+    bad = [x for x in items if x not in allowed]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"unknown {what} {bad[0]!r}; choose from {', '.join(allowed)}" if bad
+                                         else f"no {what} given")
+    return items
+
+
+def run_warmup_cmd(args):
+    from .warmup import warmup
+
+    poolings = ("avg", "max") if args.pooling == "both" else (args.pooling,)
+    report = warmup(args.device, poolings=poolings, methods=args.methods, out=sys.stdout, prefix=f"{PROG} warmup")
+    if report.cache_dir:
+        print(f"numba cache: {report.cache_dir} (target CPU {report.target})")
+    if args.list:
+        for name, n in sorted(report.used.items()):
+            print(f"  {name}: {n} specialization{'s' if n > 1 else ''}, {report.compiled.get(name, 0)} new")
+    return 0
+
+
 BUILTIN = [add_style_parser, add_texture_parser, add_invert_parser, add_dream_parser, add_visualize_parser,
-           add_classify_parser, add_demo_parser]
+           add_classify_parser, add_demo_parser, add_warmup_parser]
 
 
 def build_parser():
