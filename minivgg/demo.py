@@ -35,7 +35,7 @@ def run_demo(out_dir=DEMO_DIR, size=None, iters=None, device="cpu", quiet=False,
     from .methods import style_transfer, synthesize_texture
     from .vgg import load_vgg
     from .warmup import warmup
-    from .weights import default_weights_path
+    from .weights import arch_for, default_weights_path, describe
 
     check_device(device)
     size = size or (256 if device == "gpu" else 128)
@@ -45,13 +45,16 @@ def run_demo(out_dir=DEMO_DIR, size=None, iters=None, device="cpu", quiet=False,
     content = resize_longest(sample_image(CONTENT), size)
     style = resize(sample_image(STYLE), content.shape[:2])
     source = resize_longest(sample_image(TEXTURE), size)
-    pretrained = default_weights_path("vgg19") is not None
+    arch = arch_for(None)  # the cached weights' network: VGG-19, else VGG-16, else VGG-19 at random
+    pretrained = default_weights_path(arch) is not None
     if not pretrained:
         sys.stderr.write(
             "minivgg demo: NOTE: no pretrained weights found, so this demo uses RANDOM weights and the pictures "
             "will not look like the papers'. Fetch real weights first: python -m weights_tools fetch vgg19-caffe\n")
     # the style layers end at relu5_1 and the texture layers at pool4: nothing deeper is kept
-    net = load_vgg("vgg19", weights=None, pooling="avg", device=device, up_to="relu5_1")
+    net = load_vgg(arch, weights=None, pooling="avg", device=device, up_to="relu5_1")
+    if not quiet:
+        sys.stderr.write(f"minivgg demo: {describe(net.source, net.arch, net.weights_meta)}\n")
     # compile before any clock starts (the first run on a machine compiles for a minute or more)
     warmup(device, poolings=("avg",), methods=("style", "texture"), max_side=size, quiet=quiet, prefix="minivgg demo")
     os.makedirs(out_dir, exist_ok=True)
