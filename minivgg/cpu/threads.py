@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import gemm as _gemm
-from .gemm import matmul as _gemm_matmul  # our AVX-512 kernel where it applies, else BLAS
+from .gemm import matmul as _gemm_matmul  # our kernel of the ISA level where it applies, else BLAS
 
 _POOL = None
 _POOL_PID = None
@@ -170,19 +170,39 @@ def matmul(a, b, out=None, accumulate=False):
     return res[0] if squeeze else res
 
 
-def _gram_share(t, nthreads, F, G):
+def _gram_share(t, nthreads, lanes, F, G):
     for i in range(F.shape[0]):
-        _gemm._gram_blocks(F[i], G[i], t, nthreads)
+        _gemm._gram_blocks(lanes, F[i], G[i], t, nthreads)
+
+
+# numpy's BLAS (level blas): G's upper triangle in row blocks of this many rows, each block
+# one product F[i0:i1] F[i0:]^T from its diagonal block on.
+GRAM_BLAS_ROWS = 64
+
+
+def _gram_share_blas(t, nthreads, F, G):
+    C = F.shape[1]
+    for i in range(F.shape[0]):
+        for i0 in range(t * GRAM_BLAS_ROWS, C, nthreads * GRAM_BLAS_ROWS):
+            i1 = min(C, i0 + GRAM_BLAS_ROWS)
+            np.matmul(F[i, i0:i1], F[i, i0:].T, out=G[i, i0:i1, i0:])
 
 
 def gram(F):
-    """G[i] = F[i] F[i]^T for float32 (B, C, K): gemm.py's Gram kernel (upper triangle, the
-    row blocks dealt to the threads in turn so each gets a like share), else ``matmul``."""
-    if not (_gemm.available() and _gemm.unit_rows(F)):
-        return matmul(F, F.transpose(0, 2, 1))
-    G = np.empty((F.shape[0], F.shape[1], F.shape[1]), np.float32)
-    t = max(1, min(num_threads(), -(-F.shape[1] // _gemm.MRG)))
-    run([(_gram_share, k, t, F, G) for k in range(t)], threads=t)
+    """G[i] = F[i] F[i]^T for float32 (B, C, K), exactly symmetric on every level: only the
+    blocks on and above the diagonal are computed, the rest copied from them. In gemm.py's
+    Gram kernel of the level (the row blocks dealt to the threads in turn so each gets a
+    like share), or with numpy's BLAS in blocks of GRAM_BLAS_ROWS rows (level blas, and
+    arrays the kernel does not take, float64 among them)."""
+    G = np.empty((F.shape[0], F.shape[1], F.shape[1]), F.dtype)
+    k = _gemm.kernel()
+    with one_blas_thread():
+        if k is not None and _gemm.unit_rows(F):
+            t = max(1, min(num_threads(), -(-F.shape[1] // k.mrg)))
+            run([(_gram_share, s, t, k.lanes, F, G) for s in range(t)], threads=t)
+        else:
+            t = max(1, min(num_threads(), -(-F.shape[1] // GRAM_BLAS_ROWS)))
+            run([(_gram_share_blas, s, t, F, G) for s in range(t)], threads=t)
     for i in range(G.shape[0]):
         _gemm._mirror(G[i])
     return G
