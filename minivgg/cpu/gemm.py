@@ -54,20 +54,19 @@ class Kernel:
         self.nr = nv * lanes
 
 
+# Each level's numbers as module constants too, which numba's loops read as compile-time
+# literals (the block shape must be known when the kernel is generated).
 # AVX-512, 32 zmm registers: 8 x 48 = 24 accumulators + 3 B vectors + a broadcast. An 8 x KC
 # block of A is 8 KiB (L1), a KC x NC block of B 480 KiB (well inside a 1-2 MiB L2).
 # Gram: 4 x 6 = 24 accumulators + 4 + 1 operands.
-AVX512 = Kernel(lanes=16, mr=8, nv=3, kc=256, nc=480, mrg=4, nrg=6)
+_L16, _MR16, _NV16, _KC16, _NC16, _MRG16, _NRG16 = 16, 8, 3, 256, 480, 4, 6
 # AVX2, 16 ymm registers: 6 x 16 = 12 accumulators + 2 B vectors + a broadcast (BLIS's
 # Haswell shape); a KC x NC block of B is 240 KiB, inside the 256-512 KiB L2 of AVX2 parts.
 # Gram: 3 x 4 = 12 accumulators + 3 + 1 operands.
-AVX2 = Kernel(lanes=8, mr=6, nv=2, kc=256, nc=240, mrg=3, nrg=4)
-KERNELS = {"avx512": AVX512, "avx2": AVX2}
-# the same numbers as module constants, which numba's loops read as compile-time literals
-_L16, _MR16, _NV16, _KC16, _NC16, _MRG16, _NRG16 = 16, 8, 3, 256, 480, 4, 6
 _L8, _MR8, _NV8, _KC8, _NC8, _MRG8, _NRG8 = 8, 6, 2, 256, 240, 3, 4
-assert (_L16, _MR16, _NV16, _KC16, _NC16, _MRG16, _NRG16) == tuple(vars(AVX512)[k] for k in ("lanes", "mr", "nv", "kc", "nc", "mrg", "nrg"))
-assert (_L8, _MR8, _NV8, _KC8, _NC8, _MRG8, _NRG8) == tuple(vars(AVX2)[k] for k in ("lanes", "mr", "nv", "kc", "nc", "mrg", "nrg"))
+AVX512 = Kernel(_L16, _MR16, _NV16, _KC16, _NC16, _MRG16, _NRG16)
+AVX2 = Kernel(_L8, _MR8, _NV8, _KC8, _NC8, _MRG8, _NRG8)
+KERNELS = {"avx512": AVX512, "avx2": AVX2}
 
 # the AVX-512 kernel's shape under its old names (winograd.py rounds its row blocks by MR)
 MR, NV, NR, KC, NC = AVX512.mr, AVX512.nv, AVX512.nr, AVX512.kc, AVX512.nc
