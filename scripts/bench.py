@@ -23,6 +23,7 @@ cut there too).
     python scripts/bench.py --in-process       # both in one process (peak memory not separable)
     python scripts/bench.py --gemm             # minivgg's GEMM kernels vs numpy's BLAS, one thread
     python scripts/bench.py --isa avx2         # minivgg at a lower ISA level (minivgg/cpu/isa.py)
+    python scripts/bench.py --isa avx2 --products ours   # with our AVX2 GEMM kernel, not BLAS
     NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES= python scripts/bench.py --isa avx2 --torch-capability avx2
                                                # an AVX2-only machine, as far as this host can be one
 
@@ -64,10 +65,10 @@ def _inputs(size, seed=0):
 
 def _minivgg_step(arch, size, device, level=None):
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-    if level:  # this process's kernels at that level, for its whole life (the worker is its own process)
+    if level:  # (ISA level or None, products or None): this process's kernels for its whole life
         from minivgg.cpu import isa
 
-        isa.forced(level).__enter__()
+        isa.forced(level[0] or isa.level(), level[1]).__enter__()
     from minivgg import load_vgg
     from minivgg.losses import content_loss, gram_matrix, style_loss_deferred
     from minivgg.vgg import layer_names, random_weights
@@ -376,6 +377,8 @@ def main(argv=None):
                     help="instead: GFLOP/s of minivgg's GEMM kernels vs numpy's BLAS on the shapes of VGG's layers")
     ap.add_argument("--isa", choices=["avx512", "avx2", "blas"],
                     help="minivgg's ISA level for this run (at most the host's; default: MINIVGG_ISA, else the host's)")
+    ap.add_argument("--products", choices=["ours", "blas"],
+                    help="minivgg's products in its kernel of the level or numpy's BLAS (default: the level's choice)")
     ap.add_argument("--torch-capability", choices=["avx512", "avx2", "default"],
                     help="ATEN_CPU_CAPABILITY for torch's worker (torch picks its own kernels otherwise)")
     args = ap.parse_args(argv)
@@ -385,6 +388,9 @@ def main(argv=None):
     if args.isa and args.isa not in isa.supported():
         print(f"error: --isa {args.isa}: this host's level is {isa.host_level()} (it supports {', '.join(isa.supported())})",
               file=sys.stderr)
+        sys.exit(2)
+    if args.products == "ours" and (args.isa or isa.level()) == "blas":
+        print("error: --products ours: the ISA level is blas, which has no kernel of ours", file=sys.stderr)
         sys.exit(2)
     if args.gemm:
         bench_gemm(args.repeats, args.isa if args.isa != 'blas' else None)
@@ -403,10 +409,10 @@ def main(argv=None):
     where = "in one process" if args.in_process else "separate worker processes"
     print(f"median of {args.repeats} after {args.warmup} warm-up, interleaved, {where}")
     sizes = [int(s) for s in args.sizes.split(",")]
-    level = args.isa
+    level = (args.isa, args.products) if args.isa or args.products else None
     with contextlib.ExitStack() as stack:  # the report at the run's level
         if level:
-            stack.enter_context(isa.forced(level))
+            stack.enter_context(isa.forced(args.isa or isa.level(), args.products))
         for line in kernels_report(args.arch, sizes):
             print(line)
     if with_torch:

@@ -39,8 +39,9 @@ ALL_LEVELS = _levels(["blas", "avx2", "avx512"])
 
 @pytest.fixture
 def level(request):
-    """The test body runs at ISA level ``request.param`` (isa.forced)."""
-    with isa.forced(request.param):
+    """The test body runs at ISA level ``request.param`` (isa.forced) with our kernel of that
+    level for the products (at avx2 too, where numpy's BLAS is the default), BLAS at blas."""
+    with isa.forced(request.param, gemm=None if request.param == "blas" else "ours"):
         yield request.param
 
 SHAPES = [
@@ -171,22 +172,36 @@ def test_gemm_rejects_what_it_cannot_do_and_matmul_falls_back():
 
 
 def test_level_switches(monkeypatch):
-    """MINIVGG_ISA picks a level at or below the host's, MINIVGG_GEMM=blas is level blas, a
-    level above the host's or an unknown one is a MiniVGGError naming the variable, and
-    isa.forced overrides the environment inside its block only."""
+    """MINIVGG_ISA picks a level at or below the host's; the products are ours at avx512 and
+    numpy's at avx2 and blas unless MINIVGG_GEMM says ours or blas; a level above the
+    host's, an unknown one, or our kernel at level blas is a MiniVGGError naming the
+    variable; isa.forced overrides the environment inside its block only."""
     from minivgg.errors import MiniVGGError
 
     monkeypatch.delenv("MINIVGG_ISA", raising=False)
-    monkeypatch.setenv("MINIVGG_GEMM", "blas")
-    assert isa.level() == "blas" and not G.available() and G.kernel() is None
-    monkeypatch.delenv("MINIVGG_GEMM")
+    monkeypatch.delenv("MINIVGG_GEMM", raising=False)
     assert isa.level() == isa.host_level()
     for name in isa.supported():
         monkeypatch.setenv("MINIVGG_ISA", name)
-        assert isa.level() == name and G.kernel() is G.KERNELS.get(name)
+        assert isa.level() == name and isa.gemm_choice() == isa.GEMM_AT_LEVEL[name]
+        assert G.kernel() is (G.KERNELS[name] if isa.GEMM_AT_LEVEL[name] == "ours" else None)
+        monkeypatch.setenv("MINIVGG_GEMM", "blas")
+        assert isa.gemm_choice() == "blas" and not G.available() and G.kernel() is None
+        if name != "blas":
+            monkeypatch.setenv("MINIVGG_GEMM", "ours")
+            assert G.kernel() is G.KERNELS[name]
+        else:
+            monkeypatch.setenv("MINIVGG_GEMM", "ours")
+            with pytest.raises(MiniVGGError, match="MINIVGG_GEMM=ours: the ISA level is blas"):
+                isa.gemm_choice()
+        monkeypatch.delenv("MINIVGG_GEMM")
         with isa.forced("blas"):
-            assert isa.level() == "blas"
+            assert isa.level() == "blas" and G.kernel() is None
         assert isa.level() == name
+    monkeypatch.setenv("MINIVGG_GEMM", "fast")
+    with pytest.raises(MiniVGGError, match="MINIVGG_GEMM=fast: unknown"):
+        isa.gemm_choice()
+    monkeypatch.delenv("MINIVGG_GEMM")
     monkeypatch.setenv("MINIVGG_ISA", "sse9")
     with pytest.raises(MiniVGGError, match="MINIVGG_ISA=sse9.*avx512, avx2, blas"):
         isa.level()

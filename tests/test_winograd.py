@@ -25,8 +25,9 @@ ALL_LEVELS = _levels(["blas", "avx2", "avx512"])
 
 @pytest.fixture
 def level(request):
-    """The test body runs at ISA level ``request.param`` (isa.forced)."""
-    with isa.forced(request.param):
+    """The test body runs at ISA level ``request.param`` (isa.forced) with our kernel of that
+    level for the products (at avx2 too, where numpy's BLAS is the default), BLAS at blas."""
+    with isa.forced(request.param, gemm=None if request.param == "blas" else "ours"):
         yield request.param
 
 
@@ -440,7 +441,7 @@ def test_kept_inner_positions_and_taps_equal_all_of_U():
     np.testing.assert_array_equal(U[list(winograd.CORNERS)], w9[list(winograd.CORNER_TAPS)])
     b = rng.standard_normal(24).astype(np.float32)
     for lvl in isa.supported():
-        with isa.forced(lvl):
+        with isa.forced(lvl, gemm=None if lvl == "blas" else "ours"):
             _kept_equals_all(rng, W, U, Ui, w9, b)
     with pytest.raises(ValueError, match="corners=False"):
         winograd.conv3x3_forward(rng.standard_normal((1, 40, 9, 7)).astype(np.float32), (U, w9), b)
@@ -600,7 +601,7 @@ def test_threads_matmul():
         for a, bb in ((D, F[0]), (A, B[0])):
             base = rng.standard_normal((a.shape[0], bb.shape[1])).astype(np.float32)
             out = base.copy()
-            with isa.forced(lvl):
+            with isa.forced(lvl, gemm=None if lvl == "blas" else "ours"):
                 assert threads.matmul(a, bb, out=out, accumulate=True) is out
             np.testing.assert_allclose(out, base + a.astype(np.float64) @ bb, rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="accumulate needs out"):

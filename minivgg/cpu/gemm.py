@@ -26,9 +26,10 @@ to float32 rounding (tests/test_gemm.py).
 
 Why our own: numpy's OpenBLAS may be pinned to its AVX2 kernels (the environment sets
 OPENBLAS_CORETYPE on some processors) while the processor has AVX-512 (docs/gemm.md has
-the measurements, docs/benchmarks.md the whole iteration). Which kernel runs is isa.py's
-level: ``avx512``, ``avx2``, or ``blas`` (numpy's BLAS: no kernel of ours), forced lower
-with ``MINIVGG_ISA`` (``MINIVGG_GEMM=blas`` is ``MINIVGG_ISA=blas``).
+the measurements, docs/benchmarks.md the whole iteration). Which kernel runs is isa.py's:
+the level (``avx512``, ``avx2``, ``blas``; ``MINIVGG_ISA`` forces a lower one) and whether
+its products are ours or numpy's BLAS (``isa.gemm_choice()``: ours at avx512, BLAS at
+avx2, where OpenBLAS's AVX2 kernels measured faster than ours; ``MINIVGG_GEMM=ours|blas``).
 """
 
 import numpy as np
@@ -78,8 +79,9 @@ KB = 64
 
 
 def kernel():
-    """The Kernel the products use at the current level (isa.level()), None for numpy's BLAS."""
-    return KERNELS.get(isa.level())
+    """The Kernel the products use now (isa.level()'s, where isa.gemm_choice() is ours),
+    None for numpy's BLAS."""
+    return KERNELS.get(isa.level()) if isa.gemm_choice() == "ours" else None
 
 
 def lanes():
@@ -432,8 +434,8 @@ def gemm(a, b, out, accumulate=False, level=None):
     float32 arrays; b and out need unit stride along their last axis; a any strides.
     Returns out. Raises ValueError when the arrays do not fit (see ``usable``).
     Always one of our kernels: ``level``'s ("avx512" or "avx2"), by default the current
-    level's, or at level ``blas`` the host's (the AVX-512 one where the host has neither:
-    its plain IR vectors lower on any target).
+    level's where the products are ours, else the host level's (the AVX-512 one where the
+    host has neither: its plain IR vectors lower on any target).
     """
     if a.ndim != b.ndim or a.ndim != out.ndim or a.ndim not in (2, 3):
         raise ValueError("gemm: a, b and out must all be 2-d or all 3-d")
@@ -443,7 +445,7 @@ def gemm(a, b, out, accumulate=False, level=None):
         raise ValueError("gemm: batch sizes differ")
     if not usable(a, b, out):
         raise ValueError("gemm: needs float32 arrays with unit-stride rows in b and out")
-    k = KERNELS[level] if level is not None else kernel() or KERNELS.get(isa.host_level(), AVX512)
+    k = KERNELS[level] if level is not None else kernel() or KERNELS.get(isa.level(), KERNELS.get(isa.host_level(), AVX512))
     if a.ndim == 2:
         _gemm2(k.lanes, a, b, out, bool(accumulate))
     else:

@@ -2,9 +2,14 @@
 
 Levels, from the most capable down (docs/gemm.md):
 
-- ``avx512``: gemm.py's 8 x 48 micro-kernel on 16-float vectors (needs avx512f);
-- ``avx2``: its 6 x 16 micro-kernel on 8-float vectors (needs avx2 and fma);
+- ``avx512`` (needs avx512f): gemm.py's 8 x 48 micro-kernel on 16-float vectors;
+- ``avx2`` (needs avx2 and fma): numpy's BLAS for the products by default (OpenBLAS's
+  AVX2 kernels measured faster than our 6 x 16 one, docs/gemm.md), or that kernel, on
+  8-float vectors, with ``MINIVGG_GEMM=ours``;
 - ``blas``: numpy's BLAS for every product: the fallback everywhere else (ARM included).
+
+Which products a level runs is :func:`gemm_choice`: ``ours`` or ``blas``, by default
+``GEMM_AT_LEVEL[level]``, or ``MINIVGG_GEMM=ours|blas`` (``ours`` at level blas is an error).
 
 The host's level is what numba compiles for. By default that is this processor (LLVM's
 ``get_host_cpu_features()``, read once). When ``NUMBA_CPU_NAME`` or ``NUMBA_CPU_FEATURES``
@@ -17,10 +22,9 @@ AVX-512 code (and still gets level ``avx512``); ``NUMBA_CPU_NAME=haswell NUMBA_C
 tested on an AVX-512 one.
 
 ``MINIVGG_ISA=avx512|avx2|blas`` asks for a level at or below the host's (a higher one is a
-MiniVGGError naming the variable and the host's level); ``MINIVGG_GEMM=blas``, the older
-switch, means ``MINIVGG_ISA=blas``. :func:`forced` lowers the level inside a ``with``
-block, for tests that run every supported level in one process. The environment is read
-here and nowhere else.
+MiniVGGError naming the variable and the host's level). :func:`forced` sets the level (and
+the GEMM choice) inside a ``with`` block, for tests that run every supported level in one
+process. The environment is read here and nowhere else.
 """
 
 import contextlib
@@ -32,8 +36,12 @@ from ..errors import MiniVGGError
 LEVELS = ("blas", "avx2", "avx512")  # lowest first
 _RANK = {name: r for r, name in enumerate(LEVELS)}
 
+# the products each level runs by default: our kernel where it measured at least as fast
+# as numpy's OpenBLAS on that level, else BLAS (docs/gemm.md, docs/benchmarks.md)
+GEMM_AT_LEVEL = {"avx512": "ours", "avx2": "blas", "blas": "blas"}
+
 _HOST = None
-_FORCED = []  # the forced() blocks open now, innermost last (process-wide: the pool threads see it)
+_FORCED = []  # (level, gemm) of the forced() blocks open now, innermost last (process-wide: the pool threads see it)
 _LOCK = threading.Lock()
 
 
@@ -111,30 +119,50 @@ def _check(name, source):
 
 
 def requested():
-    """The level the environment asks for (MINIVGG_ISA, or MINIVGG_GEMM=blas), else None."""
+    """The level the environment asks for (MINIVGG_ISA), else None."""
     isa = os.environ.get("MINIVGG_ISA", "").strip().lower()
-    if isa:
-        return _check(isa, "MINIVGG_ISA")
-    if os.environ.get("MINIVGG_GEMM", "").strip().lower() == "blas":
-        return "blas"
-    return None
+    return _check(isa, "MINIVGG_ISA") if isa else None
 
 
 def level():
     """The level the kernels use now: the innermost :func:`forced` block's, else the
     environment's (:func:`requested`), else the host's."""
     if _FORCED:
-        return _FORCED[-1]
+        return _FORCED[-1][0]
     return requested() or host_level()
 
 
+def _check_gemm(choice, lvl, source):
+    if choice not in ("ours", "blas"):
+        raise MiniVGGError(f"{source}={choice}: unknown; use ours (minivgg's kernel of the ISA level) or blas (numpy's)")
+    if choice == "ours" and lvl == "blas":
+        raise MiniVGGError(f"{source}=ours: the ISA level is blas, which has no kernel of ours; "
+                           f"set MINIVGG_ISA to {' or '.join(supported()[:0:-1]) or 'a level this host has (none)'}")
+    return choice
+
+
+def gemm_choice():
+    """``"ours"`` (gemm.py's kernel of the level) or ``"blas"`` (numpy's): the innermost
+    :func:`forced` block's, else MINIVGG_GEMM, else the level's default (GEMM_AT_LEVEL)."""
+    lvl = level()
+    if _FORCED and _FORCED[-1][1] is not None:
+        return _FORCED[-1][1]
+    env = os.environ.get("MINIVGG_GEMM", "").strip().lower()
+    if env:
+        return _check_gemm(env, lvl, "MINIVGG_GEMM")
+    return GEMM_AT_LEVEL[lvl]
+
+
 @contextlib.contextmanager
-def forced(name):
-    """Inside the block the kernels use level ``name`` (in every thread): for tests that run
+def forced(name, gemm=None):
+    """Inside the block the kernels use level ``name`` (in every thread), and the products
+    ``gemm`` ("ours" or "blas"; None: the usual choice at that level): for tests that run
     each supported level in one process. A level the host lacks is a MiniVGGError."""
     _check(name, "isa.forced")
+    if gemm is not None:
+        _check_gemm(gemm, name, "isa.forced gemm")
     with _LOCK:
-        _FORCED.append(name)
+        _FORCED.append((name, gemm))
     try:
         yield name
     finally:
@@ -150,4 +178,4 @@ def describe():
     from numba.core import config
 
     target = config.CPU_NAME or "host"
-    return f"isa {lvl} ({how}; host level {host}, numba target cpu {target})"
+    return f"isa {lvl} ({how}; host level {host}, numba target cpu {target}); products: {gemm_choice()}"
