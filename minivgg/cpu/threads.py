@@ -175,34 +175,22 @@ def _gram_share(t, nthreads, lanes, F, G):
         _gemm._gram_blocks(lanes, F[i], G[i], t, nthreads)
 
 
-# numpy's BLAS (level blas): G's upper triangle in row blocks of this many rows, each block
-# one product F[i0:i1] F[i0:]^T from its diagonal block on.
-GRAM_BLAS_ROWS = 64
-
-
-def _gram_share_blas(t, nthreads, F, G):
-    C = F.shape[1]
-    for i in range(F.shape[0]):
-        for i0 in range(t * GRAM_BLAS_ROWS, C, nthreads * GRAM_BLAS_ROWS):
-            i1 = min(C, i0 + GRAM_BLAS_ROWS)
-            np.matmul(F[i, i0:i1], F[i, i0:].T, out=G[i, i0:i1, i0:])
-
-
 def gram(F):
-    """G[i] = F[i] F[i]^T for float32 (B, C, K), exactly symmetric on every level: only the
-    blocks on and above the diagonal are computed, the rest copied from them. In gemm.py's
-    Gram kernel of the level (the row blocks dealt to the threads in turn so each gets a
-    like share), or with numpy's BLAS in blocks of GRAM_BLAS_ROWS rows (level blas, and
-    arrays the kernel does not take, float64 among them)."""
+    """G[i] = F[i] F[i]^T for (B, C, K), exactly symmetric on every level: the upper
+    triangle is copied into the lower. In gemm.py's Gram kernel of the level, which makes
+    only the blocks on and above the diagonal (the row blocks dealt to the threads in turn
+    so each gets a like share), or with numpy's BLAS (the products' choice is BLAS, or the
+    kernel does not take the arrays, float64 among them): the whole product, split by rows
+    over the threads (:func:`matmul`), since row blocks of the triangle alone, 64 rows or
+    fewer, measured slower in OpenBLAS (docs/gemm.md)."""
     G = np.empty((F.shape[0], F.shape[1], F.shape[1]), F.dtype)
     k = _gemm.kernel()
     with one_blas_thread():
         if k is not None and _gemm.unit_rows(F):
             t = max(1, min(num_threads(), -(-F.shape[1] // k.mrg)))
             run([(_gram_share, s, t, k.lanes, F, G) for s in range(t)], threads=t)
-        else:
-            t = max(1, min(num_threads(), -(-F.shape[1] // GRAM_BLAS_ROWS)))
-            run([(_gram_share_blas, s, t, F, G) for s in range(t)], threads=t)
+        else:  # the whole product (row blocks of the triangle measured slower in BLAS), then mirrored
+            matmul(F, F.transpose(0, 2, 1), out=G)
     for i in range(G.shape[0]):
         _gemm._mirror(G[i])
     return G
