@@ -563,7 +563,8 @@ input space, it minimizes
   --style-layer-weights (equal: 1/number of layers, the paper's);
   A = the blend-weighted sum of the style images' Gram matrices (blend normalized to sum 1);
   TV = the mean over pixels of (x[i,j+1] - x[i,j])^2 + (x[i+1,j] - x[i,j])^2 in pixel
-       levels (total variation, beta = 2).
+       levels (total variation, beta = 2), times kappa = mean(P^2) / mean(content^2),
+       which puts it in the content term's units (normalized weights included).
 With --loss-norm paper, Lc = sum 1/2 (F - P)^2 (the paper's eq. 1) and TV is the plain
 sum in input units, as written in the papers; those grow with the image's area, the
 default form does not, so the default weights suit every size (docs/methods.md).

@@ -90,7 +90,16 @@ def test_adam_steps_match_torch(net, params, images, norm):
     cw, sw, tvw = (1.0, 1e4, 1e-3) if norm == "paper" else (1.0, 1e-2, 1e-3)
     wl = [0.2] * 5 if norm == "paper" else [w / sum(1 / n**2 for n in (64, 128, 256, 512, 512)) for w in
                                              (1 / 64**2, 1 / 128**2, 1 / 256**2, 1 / 512**2, 1 / 512**2)]
-    f = torch_objective(torch, mods, cx, sxs, blend, cw, sw, tvw, wl, norm=norm)
+    if norm == "mean":  # TV in the content term's units: kappa = mean(P^2) / mean(x_c^2) (one pixel level = 1 here)
+        from helpers_torch import torch_forward
+
+        with torch.no_grad():
+            P = torch_forward(mods, cx, set(CONTENT_LAYERS))
+            kappa = float(np.mean([float((P[l].double() ** 2).mean()) for l in CONTENT_LAYERS])) / float(
+                (cx.double() ** 2).mean())
+        f = torch_objective(torch, mods, cx, sxs, blend, cw, sw, tvw * kappa, wl, norm=norm)
+    else:
+        f = torch_objective(torch, mods, cx, sxs, blend, cw, sw, tvw, wl, norm=norm)
     content, styles = images
     r = style_transfer(net, content, styles, style_blend=[1, 3], content_weight=cw, style_weight=sw,
                        tv_weight=tvw, init="content", optimizer="adam", lr=2.0, iters=5, loss_norm=norm,

@@ -15,7 +15,9 @@ The image x (in the network's input space, ``net.preprocess``) minimizes
   their Gram matrices (blend weights normalized to sum 1);
 - TV = the mean over pixels of the squared differences to the right and lower
   neighbours, in pixel levels (total_variation(x, beta=2) / (H W s^2), s one pixel level
-  in input units; "paper": total_variation(x, 2) as it is).
+  in input units), times kappa (``content_gain``: the content layers' mean square over
+  the content image's), which puts it in the content term's units whatever the scale of
+  the network's responses; "paper": total_variation(x, 2) as it is.
 
 Why these defaults (measured on the pretrained VGG-16 and VGG-19, docs/methods.md):
 eq. 1 grows with the image's area while E_l does not, so a ratio that keeps the content
@@ -172,6 +174,8 @@ def _stage(net, content, styles, blend, s, style_scale, content_layers, style_la
     shape = c_img.shape[:2]
     P = content_targets(net, c_img, content_layers)
     A = style_targets(net, styles, blend, style_layers, _style_shapes(styles, shape, style_scale, stretch_style))
+    if loss_norm == "mean":
+        tv_weight = tv_weight * content_gain(net, c_img, P)
     objective = Objective(
         net, content=P, style={name: (A[name], w) for name, w in zip(style_layers, style_layer_weights)},
         content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight, tv_beta=2.0,
@@ -181,6 +185,22 @@ def _stage(net, content, styles, blend, s, style_scale, content_layers, style_la
     else:
         x = resize_array(prev_x, shape)
     return objective, x, c_img
+
+
+def content_gain(net, img, P):
+    """kappa = mean over the content layers of mean(P^2) / mean((x_c / s)^2): the energy the
+    net carries from the content image x_c (in pixel levels about the mean) to its content
+    layers. The "mean" objective multiplies TV by it, so that TV is in the content term's
+    units: ~1 for the Caffe VGG-16, ~1.6e-4 for its Gatys-normalized copy (mean activation
+    1), where an unscaled TV outweighs the content 1000-fold and blurs the result away."""
+    from ..backend import to_host
+    from .common import input_scale
+
+    x = np.asarray(to_host(net.preprocess(img)), dtype=np.float64) / input_scale(net)
+    energy = float((x**2).mean())
+    if energy <= 0:
+        return 1.0
+    return float(np.mean([float((np.asarray(to_host(p), dtype=np.float64) ** 2).mean()) for p in P.values()])) / energy
 
 
 def _style_shapes(styles, shape, style_scale, stretch):

@@ -243,7 +243,10 @@ def _check(method, args, max_size):
     the style blend's length, --layer or --class; and the server's size limit."""
     from .. import cli
     from ..vgg import layer_names
+    from ..weights import arch_for
 
+    if getattr(args, "arch", "") is None:  # as the command will: the weights' network
+        args.arch = arch_for(getattr(args, "weights", None))
     names = layer_names(args.arch)
     for dest in LAYER_DESTS:
         v = getattr(args, dest, None)
