@@ -64,9 +64,12 @@ def test_log_plot_snapshots(files, tmp_path):
     net = load_vgg("vgg16", weights=files["weights"])
     r = style_transfer(net, load_image(files["content"]), [load_image(files["style"])], iters=0, size=40)
     assert float(rows[0][1]) == pytest.approx(r.history[0]["total"], rel=1e-12)
-    from minivgg.methods.style import CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT
+    from minivgg.methods.style import CONTENT_WEIGHT, STYLE_WEIGHT, TV_WEIGHT, content_gain, content_targets
 
-    total = CONTENT_WEIGHT * float(rows[1][2]) + STYLE_WEIGHT * float(rows[1][3]) + TV_WEIGHT * float(rows[1][4])
+    content = load_image(files["content"])
+    kappa = content_gain(net, content, content_targets(net, content, ["relu4_2"]))  # TV in content units
+    total = (CONTENT_WEIGHT * float(rows[1][2]) + STYLE_WEIGHT * float(rows[1][3])
+             + TV_WEIGHT * kappa * float(rows[1][4]))
     assert float(rows[1][1]) == pytest.approx(total, rel=1e-9)
 
 

@@ -113,7 +113,7 @@ def test_page_shows_a_bad_value_and_a_failing_job(server, page):
     page.fill('[data-opt="size"]', "0")
     page.click("#start")
     page.wait_for_function("document.querySelector('#form-error').textContent.length > 0")
-    assert "argument --size: must be a positive integer, got 0" in page.text_content("#form-error")
+    assert "argument --size: must be a positive integer up to 1048576, got 0" in page.text_content("#form-error")
     page.fill('[data-opt="size"]', "48")
     page.fill('[data-opt="channel"]', "999")
     page.fill('[data-opt="octaves"]', "1")
