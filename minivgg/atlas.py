@@ -3,13 +3,14 @@
 Rows (Gatys, Ecker & Bethge 2016, Fig. 1; Gatys et al. 2015; Mahendran & Vedaldi
 2015):
 
-1. content: the image reconstructed from white noise from one layer alone
-   (conv1_1, conv2_1, conv3_1, conv4_1, conv5_1; ``minivgg.methods.invert`` with
-   the plain content loss 1/2 sum (F - P)^2, or with Mahendran & Vedaldi's
+1. content: the image reconstructed from a faint noise from one layer alone
+   (relu1_1, relu2_1, relu3_1, relu4_1, relu5_1: the articles' conv1_1 ... conv5_1,
+   which are post-ReLU blobs since Caffe's ReLU runs in place; ``minivgg.methods.invert``
+   with the plain content loss 1/2 sum (F - P)^2, or with Mahendran & Vedaldi's
    regularizers under ``--regularize``);
 2. texture: the texture (Gram matrices) of ``--style``, or of the image itself,
-   reconstructed from white noise with growing layer sets {conv1_1}, {conv1_1,
-   conv2_1}, ... ({conv1_1 ... conv5_1}) (``synthesize_texture``);
+   reconstructed from a faint noise with growing layer sets {relu1_1}, {relu1_1,
+   relu2_1}, ... ({relu1_1 ... relu5_1}) (``synthesize_texture``);
 3. style (with ``--style``): style transfers of the image in that style with each of
    those style-layer sets (``style_transfer``).
 
@@ -27,7 +28,7 @@ from .errors import MiniVGGError
 from . import experiments as ex
 from .weights import arch_for
 
-CONTENT_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
+CONTENT_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 STYLE_LAYERS = CONTENT_LAYERS
 ROWS = {"content": "content:\none layer", "texture": "texture:\nlayers up to",
         "style": "style transfer:\nstyle layers up to"}

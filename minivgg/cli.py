@@ -32,7 +32,10 @@ import importlib
 import io
 import os
 import signal
+import stat
 import sys
+import tempfile
+import warnings
 
 from .errors import MiniVGGError
 from .weights import describe as describe_weights
@@ -47,7 +50,9 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse with the project's error format: one line, ``error: ...``, exit 2."""
 
     def error(self, message):
-        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
+        from .weights import clean_message
+
+        sys.stderr.write(f"error: {clean_message(message, limit=1000)} (see {self.prog} --help)\n")
         sys.exit(EXIT_ERROR)
 
 
@@ -109,13 +114,6 @@ def float_list(s):
     return vals
 
 
-def layer_weight_list(s):
-    """Comma-separated numbers >= 0, or ``equal``."""
-    if s.strip() == "equal":
-        return "equal"
-    return float_list(s)
-
-
 def size_list(s):
     try:
         vals = [int(p) for p in s.split(",") if p.strip()]
@@ -124,6 +122,85 @@ def size_list(s):
     if not vals or any(v <= 0 for v in vals):
         raise argparse.ArgumentTypeError(f"sizes must be positive integers, got {s!r}")
     return vals
+
+
+# Ranges of the built-in commands' values, checked at parse time so that an absurd
+# value is refused with its range before anything runs (1e308 as a weight overflows the
+# loss, an alpha of 1e308 overflows |x|^alpha, a negative seed is refused by numpy late).
+MAX_ITERS = 1_000_000
+MAX_SIDE = 1 << 20  # sides this large are then refused by the memory estimate, with the GiB needed
+MAX_WEIGHT = 1e15
+MAX_SEED = 2**32 - 1
+
+
+def bounded_int(lo, hi):
+    """An argparse type: an integer from ``lo`` to ``hi`` (the range is in the message)."""
+    span = f"a positive integer up to {hi}" if lo == 1 else f"an integer from {lo} to {hi}"
+
+    def parse(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {span}, got {s!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"must be {span}, got {v}")
+        return v
+
+    parse.__name__ = f"integer {lo}..{hi}"
+    return parse
+
+
+def bounded_float(lo, hi, lo_open=False, hi_open=False):
+    """An argparse type: a finite number in [lo, hi] (``lo_open``: > lo; ``hi_open``: < hi)."""
+    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+    span = f"{left}{lo:g}, {hi:g}{right}"
+
+    def parse(s):
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in {span}, got {s!r}") from None
+        ok = v == v and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be a number in {span}, got {s}")
+        return v
+
+    parse.__name__ = f"number in {span}"
+    return parse
+
+
+def layer_weight_list(s):
+    """Comma-separated numbers in [0, MAX_WEIGHT], or ``equal``."""
+    if s.strip() == "equal":
+        return "equal"
+    return bounded_float_list(MAX_WEIGHT)(s)
+
+
+def bounded_float_list(hi):
+    def parse(s):
+        vals = float_list(s)
+        if any(v > hi or v != v for v in vals):
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers in [0, {hi:g}], got {s!r}")
+        return vals
+
+    return parse
+
+
+def bounded_size_list(hi):
+    def parse(s):
+        vals = size_list(s)
+        if any(v > hi for v in vals):
+            raise argparse.ArgumentTypeError(f"sizes must be integers from 1 to {hi}, got {s!r}")
+        return vals
+
+    return parse
+
+
+seed_int = bounded_int(0, MAX_SEED)
+iters_int = bounded_int(0, MAX_ITERS)
+side_int = bounded_int(1, MAX_SIDE)
+weight_float = bounded_float(0, MAX_WEIGHT)
+lr_float = bounded_float(0, 1e6, lo_open=True)
 
 
 # --- shared options ------------------------------------------------------------------
@@ -147,22 +224,22 @@ def add_net_options(p, pooling="avg"):
 def add_optim_options(p, iters, optimizer="lbfgs"):
     """--iters --optimizer --lr --history-size --line-search --momentum --tol --seed."""
     g = p.add_argument_group("optimization")
-    g.add_argument("--iters", type=nonneg_int, default=iters, help=f"number of updates (default {iters})")
+    g.add_argument("--iters", type=iters_int, default=iters, help=f"number of updates, 0-{MAX_ITERS} (default {iters})")
     g.add_argument("--optimizer", choices=("lbfgs", "adam", "sgd"), default=optimizer,
                    help=f"lbfgs, adam or sgd with momentum (default {optimizer}); docs/optim.md")
-    g.add_argument("--lr", type=positive_float, default=None,
-                   help="step size: L-BFGS default 1 (the first step is min(1, 1/|g|_1)); Adam default 10 pixel levels "
+    g.add_argument("--lr", type=lr_float, default=None,
+                   help="step size (0, 1e6]: L-BFGS default 1 (the first step is min(1, 1/|g|_1)); Adam default 10 pixel levels "
                         "in the net's input units; SGD default: set at the first update so that it moves the pixels by one level on "
                         "average, then fixed")
-    g.add_argument("--history-size", type=positive_int, default=100, help="L-BFGS history size (default 100)")
+    g.add_argument("--history-size", type=bounded_int(1, 10000), default=100, help="L-BFGS history size (default 100)")
     g.add_argument("--line-search", choices=("none", "strong_wolfe"), default="strong_wolfe",
                    help="L-BFGS line search (default strong_wolfe; none: fixed step lr, as torch.optim.LBFGS's "
                         "default, which overshoots from noise on pretrained weights)")
-    g.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD momentum (default 0.9)")
-    g.add_argument("--tol", type=nonneg_float, default=0.0,
+    g.add_argument("--momentum", type=bounded_float(0, 1, hi_open=True), default=0.9, help="SGD momentum (default 0.9)")
+    g.add_argument("--tol", type=bounded_float(0, 1e6), default=0.0,
                    help="stop when the relative change of the loss between two iterations is at most this (default 0: "
                         "run all iterations)")
-    g.add_argument("--seed", type=int, default=0, help="random seed of the initial noise and jitter (default 0)")
+    g.add_argument("--seed", type=seed_int, default=0, help=f"random seed of the initial noise and jitter, 0-{MAX_SEED} (default 0)")
     return g
 
 
@@ -170,7 +247,7 @@ def add_output_options(p, out_default):
     """--out --save-every --log --plot --quiet."""
     g = p.add_argument_group("output")
     g.add_argument("--out", default=out_default, metavar="FILE.png", help=f"result image (default {out_default})")
-    g.add_argument("--save-every", type=nonneg_int, default=0, metavar="K",
+    g.add_argument("--save-every", type=iters_int, default=0, metavar="K",
                    help="also write a snapshot OUT_STEM_iterNNNNN.EXT every K iterations (default 0: none)")
     g.add_argument("--log", metavar="FILE.csv",
                    help="write the loss log: iter,total,content,style,tv,seconds (row 0 = the initial image; content/"
@@ -301,17 +378,62 @@ def snapshot_path(out, it):
     return f"{stem}_iter{it:05d}{ext}"
 
 
+def input_paths(args):
+    """The files a command reads (images, init image, weights), for the output checks."""
+    paths = []
+    for attr in ("content", "image", "init", "weights"):
+        v = getattr(args, attr, None)
+        if isinstance(v, str):
+            paths.append(v)
+    paths.extend(v for v in (getattr(args, "style", None) or []) if isinstance(v, str))
+    return [p for p in paths if not p.startswith("sample:") and p not in ("noise", "content", "style")
+            and os.path.exists(p)]
+
+
+def _check_output_file(path, inputs, what):
+    from .weights import same_path
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise MiniVGGError(f"{path}: cannot be used as {what} ({e.strerror or e})") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise MiniVGGError(f"{path}: exists and is not a regular file; refusing to replace it with the {what}")
+    for p in inputs:
+        if same_path(path, p):
+            raise MiniVGGError(f"{path}: is also an input ({p}); writing the {what} there would destroy it")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:  # a real probe: as root, os.access says yes to /proc and read-only mounts
+        fd, probe = tempfile.mkstemp(prefix=".minivgg-probe-", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise MiniVGGError(f"{path}: cannot write in {folder} ({e.strerror or e})") from None
+
+
 def check_outputs(args):
-    """Fail up front on output paths that cannot be written."""
+    """Fail up front on output paths that cannot be written or would destroy a file:
+    an output equal to an input, ``--log`` equal to ``--out``, an existing output that
+    is not a regular file (a device, a FIFO), or a folder where nothing can be created."""
     from .image import check_writable
+    from .weights import same_path
 
     check_writable(args.out)
+    inputs = input_paths(args)
+    _check_output_file(args.out, inputs, "image")
     if args.log:
         folder = os.path.dirname(os.path.abspath(args.log))
         if not os.path.isdir(folder):
             raise MiniVGGError(f"{args.log}: folder {folder} does not exist")
         if os.path.isdir(args.log):
             raise MiniVGGError(f"{args.log}: is a directory")
+        if same_path(args.log, args.out):
+            raise MiniVGGError(f"{args.log}: --log is the same file as --out; the log would replace the image")
+        _check_output_file(args.log, inputs, "log")
+    if getattr(args, "plot", False):
+        _check_output_file(plot_path(args), inputs + [args.out] + ([args.log] if args.log else []), "plot")
 
 
 class _EarlyInterrupt:
@@ -329,6 +451,9 @@ class _EarlyInterrupt:
 
 
 _EARLY = _EarlyInterrupt()
+# SIGTERM (a scheduler's or `kill`'s stop) and SIGHUP (a closed terminal) end a run as
+# Ctrl-C does: at the next safe point, writing the current image and the log
+STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
 
 
 class MethodRunner:
@@ -380,7 +505,7 @@ class MethodRunner:
         return False
 
     def run(self, fn, *a, **kw):
-        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        previous = {s: signal.signal(s, self._on_sigint) for s in STOP_SIGNALS}
         try:
             try:
                 result = fn(*a, callback=self.callback, **kw)
@@ -391,9 +516,13 @@ class MethodRunner:
                 self.optimizing = False
                 if self.bar is not None:
                     self.bar.close()
-            self.write(result)
+            try:
+                self.write(result)
+            except OSError as e:  # the checks up front passed, the disk filled or went away since
+                raise MiniVGGError(f"cannot write the results: {e.strerror or e} ({e.filename or ''})") from None
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s, h in previous.items():
+                signal.signal(s, h)
         if self.interrupted or result.stopped == "interrupted":
             sys.stderr.write(f"{PROG}: interrupted; wrote the current image to {self.args.out}\n")
             return EXIT_INTERRUPTED
@@ -441,7 +570,7 @@ default form does not, so the default weights suit every size (docs/methods.md).
 The log's content/style/tv columns are Lc, Ls, TV (unweighted); total is the sum above.
 Each style image keeps its aspect ratio, its longest side the content's times
 --style-scale (--stretch-style: the content's height and width). The defaults (content
-1, style 1e-2, TV 1e-3, L-BFGS with a line search from a faint noise) were chosen on the
+1, style 3e-3, TV 2e-2, L-BFGS with a line search from a faint noise) were chosen on the
 pretrained VGG-16 and VGG-19 at 128-512 px, plain and Gatys-normalized weights."""
 
 
@@ -453,9 +582,9 @@ def add_style_parser(sub):
     g = p.add_argument_group("style transfer")
     g.add_argument("--content", required=True, metavar="IMG", help="content image (or sample:NAME, a built-in photo)")
     g.add_argument("--style", required=True, nargs="+", metavar="IMG", help="one or more style images")
-    g.add_argument("--style-blend", type=float_list, metavar="W1,W2,...",
+    g.add_argument("--style-blend", type=bounded_float_list(MAX_WEIGHT), metavar="W1,W2,...",
                    help="blend weights of the style images (normalized to sum 1; default equal)")
-    g.add_argument("--style-scale", type=positive_float, default=1.0,
+    g.add_argument("--style-scale", type=bounded_float(0, 16, lo_open=True), default=1.0,
                    help="style images are resized to the content size times this (default 1)")
     g.add_argument("--content-layers", type=name_list, default=list(CONTENT_LAYERS), metavar="L1,L2",
                    help=f"content layers (default {','.join(CONTENT_LAYERS)})")
@@ -464,10 +593,10 @@ def add_style_parser(sub):
     g.add_argument("--style-layer-weights", type=layer_weight_list, metavar="W1,W2,...|equal",
                    help="w_l per style layer (default proportional to 1/N_l^2, summing to 1; equal: 1/number of "
                         "style layers)")
-    g.add_argument("--content-weight", type=nonneg_float, default=CONTENT_WEIGHT,
+    g.add_argument("--content-weight", type=weight_float, default=CONTENT_WEIGHT,
                    help=f"weight of Lc (default {CONTENT_WEIGHT:g})")
-    g.add_argument("--style-weight", type=nonneg_float, default=STYLE_WEIGHT, help=f"weight of Ls (default {STYLE_WEIGHT:g})")
-    g.add_argument("--tv-weight", type=nonneg_float, default=TV_WEIGHT,
+    g.add_argument("--style-weight", type=weight_float, default=STYLE_WEIGHT, help=f"weight of Ls (default {STYLE_WEIGHT:g})")
+    g.add_argument("--tv-weight", type=weight_float, default=TV_WEIGHT,
                    help=f"weight of the total variation (beta 2) (default {TV_WEIGHT:g})")
     g.add_argument("--init", default="noise", metavar="noise|uniform|content|style|FILE",
                    help="start image: the mean pixel with a faint noise (default), white noise uniform over 0..255, "
@@ -480,10 +609,10 @@ def add_style_parser(sub):
                    help="resize the style images to the content's height and width (default: keep their aspect)")
     g.add_argument("--original-colors", action="store_true",
                    help="keep the content's colours (luminance transfer: the result's Y with the content's I and Q)")
-    g.add_argument("--size", type=positive_int, default=None,
+    g.add_argument("--size", type=side_int, default=None,
                    help="longest side of the result; the content is resized to it (default: the content's own size; "
                         "an image already of that size is not resampled)")
-    g.add_argument("--scales", type=size_list, metavar="S1,S2,...",
+    g.add_argument("--scales", type=bounded_size_list(MAX_SIDE), metavar="S1,S2,...",
                    help="coarse to fine, e.g. 256,512: --iters at each size, each stage starting from the previous "
                         "result upsampled (overrides --size)")
     add_net_options(p)
@@ -539,14 +668,14 @@ def add_texture_parser(sub):
                    help="source texture image (or sample:NAME)")
     g.add_argument("--layers", type=name_list, default=list(TEXTURE_LAYERS), metavar="L1,L2,...",
                    help=f"layers whose Gram matrices are matched (default {','.join(TEXTURE_LAYERS)})")
-    g.add_argument("--layer-weights", type=float_list, metavar="W1,W2,...", help="w_l per layer (default 1/number)")
-    g.add_argument("--size", type=positive_int, default=None,
+    g.add_argument("--layer-weights", type=bounded_float_list(MAX_WEIGHT), metavar="W1,W2,...", help="w_l per layer (default 1/number)")
+    g.add_argument("--size", type=side_int, default=None,
                    help="longest side of the output (default: the source's size)")
-    g.add_argument("--source-size", type=positive_int, default=None,
+    g.add_argument("--source-size", type=side_int, default=None,
                    help="resize the source to this longest side before taking its statistics (default: --size, "
                         "so the texture keeps the source's scale; without --size, the source's own)")
-    g.add_argument("--style-weight", type=nonneg_float, default=1.0, help="weight of the Gram term (default 1)")
-    g.add_argument("--tv-weight", type=nonneg_float, default=0.0, help="weight of the total variation (default 0)")
+    g.add_argument("--style-weight", type=weight_float, default=1.0, help="weight of the Gram term (default 1)")
+    g.add_argument("--tv-weight", type=weight_float, default=0.0, help="weight of the total variation (default 0)")
     g.add_argument("--init", default="noise", metavar="noise|uniform|FILE",
                    help="start image: the mean pixel with a faint noise (default), white noise uniform over 0..255, "
                         "or an image file")
@@ -588,13 +717,13 @@ def add_invert_parser(sub):
     g.add_argument("--image", required=True, metavar="IMG", help="image to reconstruct (or sample:NAME)")
     g.add_argument("--layer", type=name_list, default=[INVERT_LAYER], metavar="LAYER",
                    help=f"layer(s) whose response is matched (default {INVERT_LAYER})")
-    g.add_argument("--size", type=positive_int, default=None, help="longest side to work at (default: the image's own)")
-    g.add_argument("--content-weight", type=nonneg_float, default=1.0, help="weight of the feature loss (default 1)")
-    g.add_argument("--alpha", type=positive_float, default=6.0, help="alpha-norm exponent (default 6)")
-    g.add_argument("--alpha-weight", type=nonneg_float, default=None,
+    g.add_argument("--size", type=side_int, default=None, help="longest side to work at (default: the image's own)")
+    g.add_argument("--content-weight", type=weight_float, default=1.0, help="weight of the feature loss (default 1)")
+    g.add_argument("--alpha", type=bounded_float(0, 32, lo_open=True), default=6.0, help="alpha-norm exponent, (0, 32] (default 6)")
+    g.add_argument("--alpha-weight", type=weight_float, default=None,
                    help="weight of the alpha-norm (default 0.01 ||F0||^2 / (2 H W B^alpha), B = 80 pixel levels)")
-    g.add_argument("--beta", type=positive_float, default=2.0, help="TV exponent beta (default 2)")
-    g.add_argument("--tv-weight", type=nonneg_float, default=None,
+    g.add_argument("--beta", type=bounded_float(0, 16, lo_open=True), default=2.0, help="TV exponent beta, (0, 16] (default 2)")
+    g.add_argument("--tv-weight", type=weight_float, default=None,
                    help="weight of TV^beta (default l ||F0||^2 / (2 H W V^beta), V = B/6.5, l = 0.001 for layers of "
                         "blocks 1-3, 0.01 deeper)")
     g.add_argument("--init", default="noise", metavar="noise|uniform|content|FILE",
@@ -636,19 +765,19 @@ def add_dream_parser(sub):
     g = p.add_argument_group("dream")
     g.add_argument("--image", required=True, metavar="IMG", help="start image (or sample:NAME)")
     g.add_argument("--layer", default=DREAM_LAYER, help=f"layer to enhance (default {DREAM_LAYER})")
-    g.add_argument("--channel", type=nonneg_int, default=None, help="only this channel of the layer (default: all)")
-    g.add_argument("--size", type=positive_int, default=None, help="longest side to work at (default: the image's own)")
-    g.add_argument("--octaves", type=positive_int, default=4, help="number of octaves (default 4)")
-    g.add_argument("--octave-scale", type=positive_float, default=1.4, help="scale between octaves (default 1.4)")
-    g.add_argument("--iters", type=nonneg_int, default=10, help="steps per octave (default 10)")
-    g.add_argument("--lr", "--step", dest="lr", type=positive_float, default=1.5,
+    g.add_argument("--channel", type=bounded_int(0, 4095), default=None, help="only this channel of the layer (default: all)")
+    g.add_argument("--size", type=side_int, default=None, help="longest side to work at (default: the image's own)")
+    g.add_argument("--octaves", type=bounded_int(1, 16), default=4, help="number of octaves, 1-16 (default 4)")
+    g.add_argument("--octave-scale", type=bounded_float(0, 8, lo_open=True), default=1.4, help="scale between octaves (default 1.4)")
+    g.add_argument("--iters", type=iters_int, default=10, help="steps per octave (default 10)")
+    g.add_argument("--lr", "--step", dest="lr", type=lr_float, default=1.5,
                    help="step size in pixel levels, the gradient normalized by its mean |g| (default 1.5)")
-    g.add_argument("--jitter", type=nonneg_int, default=32, help="largest random shift in pixels (default 32)")
-    g.add_argument("--zoom-steps", type=nonneg_int, default=0,
+    g.add_argument("--jitter", type=bounded_int(0, MAX_SIDE), default=32, help="largest random shift in pixels (default 32)")
+    g.add_argument("--zoom-steps", type=bounded_int(0, 10000), default=0,
                    help="zoom into the result and dream again this many times (default 0)")
-    g.add_argument("--zoom-scale", type=positive_float, default=1.05, help="zoom factor per step (default 1.05)")
+    g.add_argument("--zoom-scale", type=bounded_float(0, 8, lo_open=True), default=1.05, help="zoom factor per step (default 1.05)")
     g.add_argument("--frames", action="store_true", help="also write every zoom frame OUT_STEM_frameNNN.EXT")
-    g.add_argument("--seed", type=int, default=0, help="random seed of the jitter (default 0)")
+    g.add_argument("--seed", type=seed_int, default=0, help=f"random seed of the jitter, 0-{MAX_SEED} (default 0)")
     add_net_options(p)
     add_output_options(p, "dream.png")
     p.set_defaults(_run=run_dream, _graceful=True)
@@ -680,13 +809,13 @@ def add_visualize_parser(sub):
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("visualization")
     g.add_argument("--layer", default=None, help="layer to maximize (e.g. relu4_1)")
-    g.add_argument("--channel", type=nonneg_int, default=None, help="channel of the layer (default: the whole layer)")
+    g.add_argument("--channel", type=bounded_int(0, 4095), default=None, help="channel of the layer (default: the whole layer)")
     g.add_argument("--class", dest="class_index", default=None, metavar="INDEX|NAME",
                    help="ImageNet class index (0-999) or name, instead of --layer")
-    g.add_argument("--size", type=positive_int, default=224, help="image side (default 224; --class needs 224)")
-    g.add_argument("--jitter", type=nonneg_int, default=8, help="largest random shift in pixels (default 8)")
-    g.add_argument("--tv-weight", type=nonneg_float, default=None, help="TV weight (default 5e-3 per pixel level)")
-    g.add_argument("--l2-weight", type=nonneg_float, default=None, help="L2 weight (default 1e-4 per pixel level)")
+    g.add_argument("--size", type=side_int, default=224, help="image side (default 224; --class needs 224)")
+    g.add_argument("--jitter", type=bounded_int(0, MAX_SIDE), default=8, help="largest random shift in pixels (default 8)")
+    g.add_argument("--tv-weight", type=weight_float, default=None, help="TV weight (default 5e-3 per pixel level)")
+    g.add_argument("--l2-weight", type=weight_float, default=None, help="L2 weight (default 1e-4 per pixel level)")
     add_net_options(p)
     add_optim_options(p, iters=200, optimizer="adam")
     add_output_options(p, "visualize.png")
@@ -734,7 +863,7 @@ def add_classify_parser(sub):
                                    "weights are right (a BGR/RGB mix-up shows at once). Needs weights converted with "
                                    "--keep-classifier.")
     p.add_argument("image", metavar="IMAGE", help="image file (or sample:NAME)")
-    p.add_argument("--top", type=positive_int, default=5, help="number of classes to print (default 5)")
+    p.add_argument("--top", type=bounded_int(1, 1000), default=5, help="number of classes to print (default 5)")
     add_net_options(p, pooling="max")
     p.set_defaults(_run=run_classify)
 
@@ -760,13 +889,19 @@ def run_classify(args):
 def add_demo_parser(sub):
     from .demo import DEMO_DIR
 
-    p = sub.add_parser("demo", help="style transfer and a texture on built-in photos, in a few minutes",
+    p = sub.add_parser("demo", help="style transfer and a texture on built-in photos (about 1 minute on 2 cores; "
+                                    "2-3 the first time)",
                        description="Runs a small style transfer and a texture synthesis on photos shipped with "
                                    "scikit-image (no network needed) and writes the inputs, the results and a "
-                                   "side-by-side PNG. Uses fetched weights when present, else random weights.")
+                                   "side-by-side PNG. Uses fetched weights when present, else random weights. "
+                                   "First it compiles the CPU kernels it needs (`minivgg warmup`: 1-3 minutes on "
+                                   "2 cores on the first run on a machine, a few seconds once numba has cached "
+                                   "them), then optimizes each picture for at most --iters iterations or 60 s, "
+                                   "whichever comes first, compiling not counted: about a minute in all on a "
+                                   "2-core CPU once compiled.")
     p.add_argument("--out", default=DEMO_DIR, metavar="DIR", help=f"output folder (default {DEMO_DIR})")
-    p.add_argument("--size", type=positive_int, default=None, help="longest side (default 128; 256 with a GPU)")
-    p.add_argument("--iters", type=nonneg_int, default=None, help="iterations per result (default 60)")
+    p.add_argument("--size", type=side_int, default=None, help="longest side (default 128; 256 with a GPU)")
+    p.add_argument("--iters", type=iters_int, default=None, help="iterations per result (default 60)")
     p.add_argument("--device", choices=("cpu", "gpu", "emulated"), default="cpu", help="device (default cpu)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(_run=run_demo_cmd)
@@ -778,8 +913,49 @@ def run_demo_cmd(args):
     return run_demo(args.out, size=args.size, iters=args.iters, device=args.device, quiet=args.quiet)
 
 
+def add_warmup_parser(sub):
+    from .warmup import METHODS
+
+    p = sub.add_parser("warmup", help="compile the kernels the other commands need (numba caches them)",
+                       description="Compiles every kernel specialization the method commands need on this "
+                                   "machine (numba, cached on disk: later runs load it in seconds), by running "
+                                   "each code path once at small sizes on random weights, and prints what it "
+                                   "compiled, how long it took and where the cache is. The first run on a "
+                                   "machine compiles (about 1-3 minutes on 2 cores); `demo` runs it first.")
+    p.add_argument("--device", choices=("cpu", "gpu", "emulated"), default="cpu", help="device (default cpu)")
+    p.add_argument("--pooling", choices=("avg", "max", "both"), default="both",
+                   help="the pooling(s) to compile for (default both)")
+    p.add_argument("--methods", type=lambda s: _choices(s, METHODS, "method"), default=list(METHODS),
+                   metavar="M,M", help=f"the methods whose objectives to compile (default all: {','.join(METHODS)})")
+    p.add_argument("--list", action="store_true",
+                   help="also list every kernel it ran: its specializations, and how many this warmup added")
+    p.set_defaults(_run=run_warmup_cmd)
+
+
+def _choices(s, allowed, what):
+    items = [x.strip() for x in s.split(",") if x.strip()]
+    bad = [x for x in items if x not in allowed]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"unknown {what} {bad[0]!r}; choose from {', '.join(allowed)}" if bad
+                                         else f"no {what} given")
+    return items
+
+
+def run_warmup_cmd(args):
+    from .warmup import warmup
+
+    poolings = ("avg", "max") if args.pooling == "both" else (args.pooling,)
+    report = warmup(args.device, poolings=poolings, methods=args.methods, out=sys.stdout, prefix=f"{PROG} warmup")
+    if report.cache_dir:
+        print(f"numba cache: {report.cache_dir} (target CPU {report.target})")
+    if args.list:
+        for name, n in sorted(report.used.items()):
+            print(f"  {name}: {n} specialization{'s' if n > 1 else ''}, {report.compiled.get(name, 0)} new")
+    return 0
+
+
 BUILTIN = [add_style_parser, add_texture_parser, add_invert_parser, add_dream_parser, add_visualize_parser,
-           add_classify_parser, add_demo_parser]
+           add_classify_parser, add_demo_parser, add_warmup_parser]
 
 
 def build_parser():
@@ -831,12 +1007,14 @@ def main(argv=None):
     if not getattr(args, "_run", None):
         parser.print_help(sys.stderr)
         return EXIT_ERROR
-    previous = None
+    previous = {}
     if getattr(args, "_graceful", False):
         _EARLY.interrupted = False
-        previous = signal.signal(signal.SIGINT, _EARLY)
+        previous = {s: signal.signal(s, _EARLY) for s in STOP_SIGNALS}
     try:
-        return args._run(args) or 0
+        with warnings.catch_warnings():
+            _quiet_library_warnings()
+            return args._run(args) or 0
     except MiniVGGError as e:
         sys.stderr.write(f"error: {_one_line(e)}\n")
         return EXIT_ERROR
@@ -849,12 +1027,28 @@ def main(argv=None):
     except BrokenPipeError:
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def _quiet_library_warnings():
+    """Library warnings would print lines around the one ``error:`` line: numpy's
+    overflow warnings are ignored (non-finite losses are caught as divergence), Pillow's
+    decompression-bomb warning becomes an error (load_image reports it in one line)."""
+    warnings.simplefilter("ignore")
+    try:
+        from PIL import Image
+
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+    except ImportError:
+        pass
 
 
 def _one_line(e):
-    return " ".join(str(e).split())
+    """The message on one printable line (no raw newlines or terminal escapes)."""
+    from .weights import clean_message
+
+    return clean_message(" ".join(str(e).split()), limit=1000)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,20 @@ cut there too).
     python scripts/bench.py --sizes 256 --repeats 5 --arch vgg16
     python scripts/bench.py --device gpu       # CuPy vs torch CUDA, when both are present
     python scripts/bench.py --in-process       # both in one process (peak memory not separable)
-    python scripts/bench.py --gemm             # minivgg's GEMM kernel vs numpy's BLAS, one thread
+    python scripts/bench.py --gemm             # minivgg's GEMM kernels vs numpy's BLAS, one thread
+    python scripts/bench.py --isa avx2         # minivgg at a lower ISA level (minivgg/cpu/isa.py)
+    python scripts/bench.py --isa avx2 --products ours   # with our AVX2 GEMM kernel, not BLAS
+    NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES= python scripts/bench.py --isa avx2 --torch-capability avx2
+                                               # an AVX2-only machine, as far as this host can be one
+
+The header says which kernels ran: minivgg's ISA level and GEMM (docs/gemm.md), numpy's
+BLAS, torch's CPU capability (its own dispatch: AVX-512 on an AVX-512 host whatever numba
+is told, unless --torch-capability sets ATEN_CPU_CAPABILITY for its worker), and each conv
+layer's algorithm, forward and backward, at each size.
 """
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import statistics
@@ -53,8 +63,12 @@ def _inputs(size, seed=0):
     return x, t
 
 
-def _minivgg_step(arch, size, device):
+def _minivgg_step(arch, size, device, level=None):
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    if level:  # (ISA level or None, products or None): this process's kernels for its whole life
+        from minivgg.cpu import isa
+
+        isa.forced(level[0] or isa.level(), level[1]).__enter__()
     from minivgg import load_vgg
     from minivgg.losses import content_loss, gram_matrix, style_loss_deferred
     from minivgg.vgg import layer_names, random_weights
@@ -85,8 +99,8 @@ def _minivgg_step(arch, size, device):
     return step
 
 
-def _minivgg_worker(conn, arch, size, device):
-    _serve(conn, _minivgg_step(arch, size, device))
+def _minivgg_worker(conn, arch, size, device, level, capability):
+    _serve(conn, _minivgg_step(arch, size, device, level))
 
 
 def _torch_step(arch, size, device, double=False):
@@ -152,7 +166,9 @@ def _torch_step(arch, size, device, double=False):
     return step
 
 
-def _torch_worker(conn, arch, size, device):
+def _torch_worker(conn, arch, size, device, level, capability):
+    if capability:  # read by torch when it loads: this (spawned) worker has not loaded it yet
+        os.environ["ATEN_CPU_CAPABILITY"] = capability
     _serve(conn, _torch_step(arch, size, device))
 
 
@@ -180,23 +196,23 @@ def _serve(conn, step):
         conn.send((time.perf_counter() - t0, float(loss)))
 
 
-def _compile_worker(arch, sizes, device):
+def _compile_worker(arch, sizes, device, level):
     for size in sizes:
-        _minivgg_step(arch, size, device)()
+        _minivgg_step(arch, size, device, level)()
 
 
-def fill_jit_cache(arch, sizes, device):
+def fill_jit_cache(arch, sizes, device, level=None):
     """One minivgg iteration at each size in a throwaway process, so that numba's on-disk
     cache holds every kernel the timed worker will call: its peak is then the iteration's,
     not the one-time compilation's (LLVM's memory, ~170 MB more on a fresh clone)."""
-    p = mp.get_context("spawn").Process(target=_compile_worker, args=(arch, sizes, device), daemon=True)
+    p = mp.get_context("spawn").Process(target=_compile_worker, args=(arch, sizes, device, level), daemon=True)
     p.start()
     p.join()
 
 
-def bench_size_in_process(arch, size, repeats, warmup, device, with_torch):
+def bench_size_in_process(arch, size, repeats, warmup, device, with_torch, level=None, capability=None):
     """Both implementations in this process, interleaved (no per-implementation peak)."""
-    steps = {"minivgg": _minivgg_step(arch, size, device)}
+    steps = {"minivgg": _minivgg_step(arch, size, device, level)}
     if with_torch:
         steps["torch"] = _torch_step(arch, size, device)
     times = {n: [] for n in steps}
@@ -213,7 +229,7 @@ def bench_size_in_process(arch, size, repeats, warmup, device, with_torch):
     return {n: (statistics.median(ts), None, losses[n], _host(grads[n])) for n, ts in times.items()}, ref
 
 
-def bench_size(arch, size, repeats, warmup, device, with_torch):
+def bench_size(arch, size, repeats, warmup, device, with_torch, level=None, capability=None):
     ctx = mp.get_context("spawn")
     workers = {"minivgg": _minivgg_worker}
     if with_torch:
@@ -221,7 +237,7 @@ def bench_size(arch, size, repeats, warmup, device, with_torch):
     procs, conns = {}, {}
     for name, fn in workers.items():
         parent, child = ctx.Pipe()
-        p = ctx.Process(target=fn, args=(child, arch, size, device), daemon=True)
+        p = ctx.Process(target=fn, args=(child, arch, size, device, level, capability), daemon=True)
         p.start()
         procs[name], conns[name] = p, parent
     for name, c in conns.items():
@@ -244,6 +260,25 @@ def bench_size(arch, size, repeats, warmup, device, with_torch):
     return {n: (statistics.median(ts), peaks[n], losses[n], grads[n]) for n, ts in times.items()}, ref
 
 
+def _capability_worker(conn, capability):
+    if capability:
+        os.environ["ATEN_CPU_CAPABILITY"] = capability
+    import torch
+
+    conn.send(f"{torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}"
+              + (f" (ATEN_CPU_CAPABILITY={capability})" if capability else ""))
+
+
+def _torch_capability(capability):
+    """torch's kernels as its worker will see them (a throwaway process: the variable is read at import)."""
+    parent, child = mp.get_context("spawn").Pipe()
+    p = mp.get_context("spawn").Process(target=_capability_worker, args=(child, capability), daemon=True)
+    p.start()
+    line = parent.recv()
+    p.join()
+    return line
+
+
 def _mb(peak):
     return "-" if peak is None else f"{peak:.0f}"
 
@@ -254,18 +289,28 @@ GEMM_SHAPES = [(64, 64, 1024), (128, 128, 1024), (256, 256, 512), (512, 256, 256
                (512, 4608, 256), (256, 2304, 1024)]
 
 
-def bench_gemm(repeats):
-    """GFLOP/s of minivgg's GEMM kernel and of numpy's BLAS, one thread each, interleaved."""
-    from threadpoolctl import threadpool_info, threadpool_limits
+def _blas_name():
+    from threadpoolctl import threadpool_info
 
-    from minivgg.cpu import gemm
+    info = [f"{d['internal_api']} {d.get('architecture')}" for d in threadpool_info() if d["user_api"] == "blas"]
+    return ", ".join(info) or "unknown"
 
+
+def bench_gemm(repeats, level=None):
+    """GFLOP/s of minivgg's GEMM kernels (each level this host supports, or ``level``'s) and
+    of numpy's BLAS, one thread each, interleaved."""
+    from threadpoolctl import threadpool_limits
+
+    from minivgg.cpu import gemm, isa
+
+    levels = [lv for lv in ("avx512", "avx2") if lv in isa.supported() and (level is None or lv == level)]
     rng = np.random.default_rng(0)
-    print(f"GEMM, one thread, float32, median of {repeats}; numpy's BLAS: ", end="")
+    print(f"GEMM, one thread, float32, median of {repeats}; {isa.describe()}")
     with threadpool_limits(1, "blas"):
-        info = [f"{d['internal_api']} {d.get('architecture')}" for d in threadpool_info() if d["user_api"] == "blas"]
-        print(", ".join(info) or "unknown")
-        print(f"{'m':>5} {'K':>5} {'n':>5} | {'A layout':>8} | {'minivgg GF/s':>12} | {'BLAS GF/s':>9} | ratio")
+        print(f"numpy's BLAS: {_blas_name()}")
+        names = [f"{lv} {gemm.KERNELS[lv].mr}x{gemm.KERNELS[lv].nr}" for lv in levels]
+        print(f"{'m':>5} {'K':>5} {'n':>5} | {'A layout':>8} | " + " | ".join(f"{n:>11} GF/s" for n in names)
+              + f" | {'BLAS GF/s':>9} | " + " | ".join(f"{lv}/BLAS" for lv in levels))
         for m, K, n in GEMM_SHAPES:
             B = rng.standard_normal((K, n), dtype=np.float32)
             C = np.empty((m, n), np.float32)
@@ -275,19 +320,47 @@ def bench_gemm(repeats):
                     A = np.ascontiguousarray(A.T).T
                 flops = 2 * m * n * K
                 inner = max(1, int(2e8 / flops))
-                ours, blas = [], []
-                gemm.gemm(A, B, C)
+                times = {lv: [] for lv in levels + ["blas"]}
+                for lv in levels:
+                    gemm.gemm(A, B, C, level=lv)
                 for _ in range(repeats):
-                    t = time.perf_counter()
-                    for _ in range(inner):
-                        gemm.gemm(A, B, C)
-                    ours.append((time.perf_counter() - t) / inner)
-                    t = time.perf_counter()
-                    for _ in range(inner):
-                        np.matmul(A, B, out=C)
-                    blas.append((time.perf_counter() - t) / inner)
-                o, b = flops / statistics.median(ours) / 1e9, flops / statistics.median(blas) / 1e9
-                print(f"{m:>5} {K:>5} {n:>5} | {layout:>8} | {o:>12.0f} | {b:>9.0f} | {o / b:.2f}")
+                    for lv in levels + ["blas"]:
+                        t = time.perf_counter()
+                        for _ in range(inner):
+                            if lv == "blas":
+                                np.matmul(A, B, out=C)
+                            else:
+                                gemm.gemm(A, B, C, level=lv)
+                        times[lv].append((time.perf_counter() - t) / inner)
+                gf = {lv: flops / statistics.median(ts) / 1e9 for lv, ts in times.items()}
+                print(f"{m:>5} {K:>5} {n:>5} | {layout:>8} | " + " | ".join(f"{gf[lv]:>16.0f}" for lv in levels)
+                      + f" | {gf['blas']:>9.0f} | " + " | ".join(f"{gf[lv] / gf['blas']:>{len(lv) + 5}.2f}" for lv in levels))
+
+
+def kernels_report(arch, sizes):
+    """Lines saying which kernels minivgg runs: the ISA level, the GEMM, and per size each
+    conv layer's algorithm (ops.py's choice, forward / backward to the input)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from minivgg.cpu import gemm, isa, ops
+    from minivgg.vgg import conv_specs
+
+    k = gemm.kernel()
+    lines = [f"minivgg: {isa.describe()}; GEMM: " + (f"ours, {isa.level()} {k.mr}x{k.nr} micro-kernel" if k else
+                                                    f"numpy's BLAS ({_blas_name()})")]
+    for size in sizes:
+        algos = []
+        for name, cin, cout in conv_specs(arch):
+            blk = int(name[4])
+            h = size >> (blk - 1)
+            x = np.broadcast_to(np.float32(0), (1, cin, h, h))  # shapes only, no memory
+            W = np.broadcast_to(np.float32(0), (cout, cin, 3, 3))
+            f = "W" if ops._winograd_applies(x, W, 1, 1, cin) else "I"
+            b = "W" if ops._winograd_applies(x, W, 1, 1, cout) else "I"
+            algos.append(f"{name} {f}/{b}")
+            if name == "conv5_1":
+                break
+        lines.append(f"  conv at {size} (W winograd, I im2col; forward/backward): " + ", ".join(algos))
+    return lines
 
 
 def main(argv=None):
@@ -301,10 +374,26 @@ def main(argv=None):
     ap.add_argument("--in-process", action="store_true",
                     help="run both implementations in this one process (their threads share it; no peak memory)")
     ap.add_argument("--gemm", action="store_true",
-                    help="instead: GFLOP/s of minivgg's GEMM kernel vs numpy's BLAS on the shapes of VGG's layers")
+                    help="instead: GFLOP/s of minivgg's GEMM kernels vs numpy's BLAS on the shapes of VGG's layers")
+    ap.add_argument("--isa", choices=["avx512", "avx2", "blas"],
+                    help="minivgg's ISA level for this run (at most the host's; default: MINIVGG_ISA, else the host's)")
+    ap.add_argument("--products", choices=["ours", "blas"],
+                    help="minivgg's products in its kernel of the level or numpy's BLAS (default: the level's choice)")
+    ap.add_argument("--torch-capability", choices=["avx512", "avx2", "default"],
+                    help="ATEN_CPU_CAPABILITY for torch's worker (torch picks its own kernels otherwise)")
     args = ap.parse_args(argv)
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+    from minivgg.cpu import isa
+
+    if args.isa and args.isa not in isa.supported():
+        print(f"error: --isa {args.isa}: this host's level is {isa.host_level()} (it supports {', '.join(isa.supported())})",
+              file=sys.stderr)
+        sys.exit(2)
+    if args.products == "ours" and (args.isa or isa.level()) == "blas":
+        print("error: --products ours: the ISA level is blas, which has no kernel of ours", file=sys.stderr)
+        sys.exit(2)
     if args.gemm:
-        bench_gemm(args.repeats)
+        bench_gemm(args.repeats, args.isa if args.isa != 'blas' else None)
         return
     with_torch = not args.no_torch
     if with_torch:
@@ -318,17 +407,26 @@ def main(argv=None):
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; device {args.device}; {args.arch}, avg pooling")
     print(f"one iteration = forward to {', '.join(LAYERS)} + content/style losses + backward to the image")
     where = "in one process" if args.in_process else "separate worker processes"
-    print(f"median of {args.repeats} after {args.warmup} warm-up, interleaved, {where}\n")
+    print(f"median of {args.repeats} after {args.warmup} warm-up, interleaved, {where}")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    level = (args.isa, args.products) if args.isa or args.products else None
+    with contextlib.ExitStack() as stack:  # the report at the run's level
+        if level:
+            stack.enter_context(isa.forced(args.isa or isa.level(), args.products))
+        for line in kernels_report(args.arch, sizes):
+            print(line)
+    if with_torch:
+        print(f"torch {_torch_capability(args.torch_capability)}")
+    print()
     hdr = (f"{'size':>5} | {'minivgg s/iter':>14} | {'torch s/iter':>12} | {'ratio':>6} | {'minivgg peak MB':>15} | "
            f"{'torch peak MB':>13} | loss rel diff | grad rel diff | minivgg vs f64 | torch vs f64 | grad vs torch (norm)")
-    sizes = [int(s) for s in args.sizes.split(",")]
     if not args.in_process:
-        fill_jit_cache(args.arch, sizes, args.device)
+        fill_jit_cache(args.arch, sizes, args.device, level)
     print(hdr)
     print("-" * len(hdr))
     for size in sizes:
         run = bench_size_in_process if args.in_process else bench_size
-        res, ref = run(args.arch, size, args.repeats, args.warmup, args.device, with_torch)
+        res, ref = run(args.arch, size, args.repeats, args.warmup, args.device, with_torch, level, args.torch_capability)
         m = res["minivgg"]
         if with_torch:
             t = res["torch"]

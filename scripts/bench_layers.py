@@ -10,6 +10,7 @@ max|b|), forward and backward, with He-initialised weights and ReLU-like inputs.
     python scripts/bench_layers.py                 # 256
     python scripts/bench_layers.py --size 512 --repeats 5
     python scripts/bench_layers.py --no-torch
+    MINIVGG_ISA=avx2 MINIVGG_GEMM=ours python scripts/bench_layers.py   # another level (docs/gemm.md)
 
 A benchmark, not a test: the machine's other load moves the numbers; compare ratios.
 """
@@ -24,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from minivgg.cpu import ops, winograd  # noqa: E402
+from minivgg.cpu import isa, ops, winograd  # noqa: E402
 from minivgg.vgg import conv_specs  # noqa: E402
 
 LAST = "conv5_1"
@@ -58,6 +59,7 @@ def main(argv=None):
             pass
     rng = np.random.default_rng(0)
     print(f"VGG-19 convs at {args.size}x{args.size}; median of {args.repeats}, interleaved; ms")
+    print(f"minivgg: {isa.describe()}" + (f"; torch CPU capability {torch.backends.cpu.get_cpu_capability()}" if torch else ""))
     hdr = f"{'layer':8} {'map':>4} {'Cin':>4} {'Cout':>4} | {'wino f':>7} {'im2col f':>8} {'torch f':>7} | {'wino b':>7} {'im2col b':>8} {'torch b':>7} | {'w/t f':>5} {'w/t b':>5} | {'err f':>7} {'err b':>7} | default f/b"
     print(hdr)
     print("-" * len(hdr))

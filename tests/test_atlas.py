@@ -92,7 +92,7 @@ def test_atlas_with_style(tmp_path, images, no_weights, capsys):
     assert "RANDOM WEIGHTS" in stdout and str(out) in stdout
     rows = read_rows(tmp_path / "atlas.csv")
     assert [r["row"] for r in rows] == ["content"] * 5 + ["texture"] * 5 + ["style"] * 5
-    layers = ["conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1"]
+    layers = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
     assert [r["layers"] for r in rows[:5]] == layers
     assert [r["layers"] for r in rows[5:10]] == ["+".join(layers[:k]) for k in range(1, 6)]
     assert [r["layers"] for r in rows[10:]] == ["+".join(layers[:k]) for k in range(1, 6)]
@@ -131,7 +131,7 @@ def test_atlas_without_style_has_two_rows(tmp_path, images, no_weights):
     (["--size", "0"], "--size must be a positive"),
     (["--out", "sheet.jpg"], "give a path ending in .png"),
     (["--out", "no/such/folder/a.png"], "does not exist"),
-    (["--size", "8"], "too small for conv"),
+    (["--size", "8"], "too small for relu4_1"),
 ])
 def test_atlas_bad_input(tmp_path, images, no_weights, capsys, extra, message, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -57,12 +57,14 @@ def test_emulated_vgg_matches_numpy_backend(weights, arch, pooling):
 @pytest.mark.parametrize("arch", ["vgg16", "vgg19"])
 @pytest.mark.parametrize(
     "pooling, dtype, bound",
-    # max pooling's gradient is compared in float64 too: see tests/test_vgg.py on near-ties
+    # max pooling's gradient is compared in float64 too: see tests/test_vgg.py on near-ties.
+    # float32 is compared with torch float64, torch float32 the yardstick
+    # (helpers_torch.assert_float32_as_good_as_torch, derived in test_net_matches_torch)
     [("avg", np.float32, 1e-4), ("max", np.float32, 1e-4), ("max", np.float64, 1e-10)],
 )
 def test_emulated_vgg_matches_torch(weights, arch, pooling, dtype, bound):
     torch = pytest.importorskip("torch")
-    from helpers_torch import torch_forward, torch_vgg
+    from helpers_torch import assert_float32_as_good_as_torch, torch_gatys_objective, torch_reference
 
     params = weights[arch]
     net = load_vgg(arch, weights=params, pooling=pooling, device="emulated")
@@ -75,27 +77,25 @@ def test_emulated_vgg_matches_torch(weights, arch, pooling, dtype, bound):
     feats = net.forward(x, wanted)
     dx = net.backward(_objective_grads(feats, targets))
 
-    tdt = torch.float64 if dtype == np.float64 else torch.float32
-    mods = torch_vgg(arch, params, pooling, dtype=tdt)
-    xt = torch.from_numpy(x).requires_grad_(True)
-    tf = torch_forward(mods, xt, set(wanted))
+    objective = torch_gatys_objective(targets, STYLE)
+    f64, g64 = torch_reference(arch, params, pooling, x, wanted, objective, torch.float64)
+    if dtype == np.float64:
+        for l in wanted:
+            assert rel_err(feats[l], f64[l]) < bound, l
+        assert rel_err(dx, g64) < bound
+        return
+    f32, g32 = torch_reference(arch, params, pooling, x, wanted, objective, torch.float32)
     for l in wanted:
-        assert rel_err(feats[l], tf[l].detach().numpy()) < min(bound, 1e-5), l
-    loss = 0.5 * ((tf["relu4_2"] - torch.from_numpy(targets["relu4_2"])) ** 2).sum()
-    for l in STYLE:
-        F = tf[l][0].reshape(tf[l].shape[1], -1)
-        N, M = F.shape
-        G = F @ F.T
-        loss = loss + 1e3 / len(STYLE) * ((G - torch.from_numpy(targets[l])) ** 2).sum() / (4 * N**2 * M**2)
-    (gt,) = torch.autograd.grad(loss, xt)
-    assert rel_err(dx, gt.numpy()) < bound
+        assert_float32_as_good_as_torch(feats[l], f32[l], f64[l], 1e-5, what=l)
+    assert_float32_as_good_as_torch(dx, g32, g64, bound, what="input gradient")
 
 
 @pytest.mark.torch
 def test_emulated_vgg_batch_and_wrapping_grid_match_torch(weights):
-    """A batch of two, an odd size, and a launch grid of 5 x 3 threads for the whole net."""
+    """A batch of two, an odd size, and a launch grid of 5 x 3 threads for the whole net;
+    float32 against torch float64, torch float32 the yardstick (test_vgg.py)."""
     torch = pytest.importorskip("torch")
-    from helpers_torch import torch_forward, torch_vgg
+    from helpers_torch import assert_float32_as_good_as_torch, torch_reference
 
     net = load_vgg("vgg16", weights=weights["vgg16"], pooling="avg", device="emulated")
     for layer in net.layers.values():  # swap in a tiny-grid backend
@@ -105,12 +105,12 @@ def test_emulated_vgg_batch_and_wrapping_grid_match_torch(weights):
     feats = net.forward(x, ["relu3_3", "pool5"])
     dy = rng.standard_normal(feats["pool5"].shape).astype(np.float32)
     dx = net.backward({"pool5": dy})
-    mods = torch_vgg("vgg16", weights["vgg16"], "avg")
-    xt = torch.from_numpy(x).requires_grad_(True)
-    tf = torch_forward(mods, xt, {"relu3_3", "pool5"})
-    (gt,) = torch.autograd.grad(tf["pool5"], xt, torch.from_numpy(dy))
-    assert rel_err(feats["relu3_3"], tf["relu3_3"].detach().numpy()) < 1e-5
-    assert rel_err(dx, gt.numpy()) < 1e-4
+    objective = lambda tf: (tf["pool5"] * torch.from_numpy(dy).to(tf["pool5"].dtype)).sum()  # noqa: E731
+    ref = {dt: torch_reference("vgg16", weights["vgg16"], "avg", x, ["relu3_3", "pool5"], objective, dt)
+           for dt in (torch.float32, torch.float64)}
+    (f32, g32), (f64, g64) = ref[torch.float32], ref[torch.float64]
+    assert_float32_as_good_as_torch(feats["relu3_3"], f32["relu3_3"], f64["relu3_3"], 1e-5, what="relu3_3")
+    assert_float32_as_good_as_torch(dx, g32, g64, 1e-4, what="input gradient")
 
 
 def _style_steps(net, ops, content, style, steps):

@@ -80,7 +80,7 @@ def test_texture_style_loss_falls_by_orders_of_magnitude(pretrained_vgg16, tmp_p
     assert neighbour_corr(img) > 0.5
 
 
-@pytest.mark.parametrize("size, iters, bound", [(128, 100, 0.45), (256, 60, 0.45)])
+@pytest.mark.parametrize("size, iters, bound", [(128, 100, 0.3), (256, 60, 0.3)])
 def test_style_transfer_from_noise_keeps_the_layout(pretrained_vgg16, tmp_path, capsys, size, iters, bound):
     content_path, style_path = tmp_path / "content.png", tmp_path / "style.png"
     save_image(str(content_path), sample_image("chelsea"))

@@ -28,8 +28,34 @@ def _gatys_grads(feats, targets):
 @pytest.mark.parametrize("arch", ["vgg16", "vgg19"])
 @pytest.mark.parametrize("pooling", ["avg", "max"])
 def test_net_matches_torch(arch, pooling):
+    """Features and the Gatys gradient in float32, against torch float64 on the same weights
+    and input, torch float32 the yardstick (helpers_torch.assert_float32_as_good_as_torch).
+
+    Why: on this 37x45 input a few ReLU pre-activations sit within float32 rounding of zero,
+    and which side a float32 sum puts them on depends on its summation order, i.e. on the
+    CPU. With torch's oneDNN limited to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2) its float32 gradient is
+    2.9e-4 (VGG-16) / 2.7e-4 (VGG-19) from float64 with average pooling, ours 1.0e-6 /
+    1.1e-6 (CPU and emulated alike): the old test, rel_err(ours, torch float32) < 1e-4, failed
+    there on torch's rounding, as reported from an AVX2 machine (2.6e-4 / 2.9e-4).
+
+    The bound, derived: with e_ours = rel_err(ours, t64), e_torch = rel_err(t32, t64) and
+    B the old bound (1e-5 features, 1e-4 gradient), require
+
+        e_ours <= max(B, 4 e_torch),  and  rel_err(ours, t32) < B  whenever 4 e_torch <= B.
+
+    Where torch's own error is under B / 4 (every case measured on AVX-512, features and
+    gradients 2e-7 - 3e-6) the old check is kept unchanged and a second one, B against the
+    exact result, is added: stricter than before. Only where torch float32 is already more
+    than B / 4 from the exact result, so that the old check measured torch's rounding
+    rather than ours, is the fixed bound against t32 replaced by "no worse than 4x torch's own
+    error" against t64. Why 4: the factor matters only where torch's error exceeds B / 4,
+    that is where a tie decided it; 4x leaves room for our rounding on top of the same tie
+    (rounding alone: ours 1e-6 - 7e-6, torch's 3e-7 - 3e-6 here, Winograd's being 2-6x a
+    direct convolution's, docs/winograd.md), while a tie that we decide differently from
+    float64 moves the gradient by 1e-4 - 1e-2 and still fails unless torch made an error of
+    the same size on the same input."""
     torch = pytest.importorskip("torch")
-    from helpers_torch import torch_forward, torch_vgg
+    from helpers_torch import assert_float32_as_good_as_torch, torch_gatys_objective, torch_reference
 
     params = random_weights(arch, seed=3)
     net = load_vgg(arch, weights=params, pooling=pooling)
@@ -44,19 +70,12 @@ def test_net_matches_torch(arch, pooling):
     grads = _gatys_grads(feats, targets)
     dx = net.backward(grads)
 
-    mods = torch_vgg(arch, params, pooling)
-    xt = torch.from_numpy(x).requires_grad_(True)
-    tf = torch_forward(mods, xt, set(wanted))
+    objective = torch_gatys_objective(targets, GATYS_STYLE)
+    f32, g32 = torch_reference(arch, params, pooling, x, wanted, objective, torch.float32)
+    f64, g64 = torch_reference(arch, params, pooling, x, wanted, objective, torch.float64)
     for l in wanted:
-        assert rel_err(feats[l], tf[l].detach().numpy()) < 1e-5, l
-    loss = 0.5 * ((tf["relu4_2"] - torch.from_numpy(targets["relu4_2"])) ** 2).sum()
-    for l in GATYS_STYLE:
-        F = tf[l][0].reshape(tf[l].shape[1], -1)
-        N, M = F.shape
-        G = F @ F.T
-        loss = loss + 1e3 / len(GATYS_STYLE) * ((G - torch.from_numpy(targets[l])) ** 2).sum() / (4 * N**2 * M**2)
-    (gt,) = torch.autograd.grad(loss, xt)
-    assert rel_err(dx, gt.numpy()) < 1e-4
+        assert_float32_as_good_as_torch(feats[l], f32[l], f64[l], 1e-5, what=l)
+    assert_float32_as_good_as_torch(dx, g32, g64, 1e-4, what="input gradient")
 
 
 @pytest.mark.torch
@@ -65,27 +84,34 @@ def test_net_matches_torch(arch, pooling):
     # Max pooling's gradient jumps where two window elements tie. Deep in a net on a
     # small image neighbouring activations can agree to ~1e-7, closer than two float32
     # implementations agree, so the argmax may legitimately differ: max pooling's
-    # gradient is compared in float64, where that cannot happen.
+    # gradient is compared in float64, where that cannot happen. Average pooling's float32
+    # results are compared with torch float64, torch float32 the yardstick (as in
+    # test_net_matches_torch: the old bounds, or 4x torch float32's own error where that is
+    # larger than a quarter of them).
     [("avg", np.float32, 1e-4), ("max", np.float64, 1e-10)],
 )
 def test_batch_of_two_and_several_sizes(pooling, dtype, bound):
     torch = pytest.importorskip("torch")
-    from helpers_torch import torch_forward, torch_vgg
+    from helpers_torch import assert_float32_as_good_as_torch, torch_reference
 
     params = random_weights("vgg16", seed=1)
     net = load_vgg("vgg16", weights=params, pooling=pooling)
-    mods = torch_vgg("vgg16", params, pooling, dtype=torch.float64 if dtype == np.float64 else torch.float32)
     rng = np.random.default_rng(0)
+    layers = ["relu3_3", "pool5"]
     for shape in [(2, 3, 32, 32), (1, 3, 40, 35), (1, 3, 64, 50)]:
         x = (rng.standard_normal(shape) * 30).astype(dtype)
-        feats = net.forward(x, ["relu3_3", "pool5"])
+        feats = net.forward(x, layers)
         dy = rng.standard_normal(feats["pool5"].shape).astype(dtype)
         dx = net.backward({"pool5": dy})
-        xt = torch.from_numpy(x).requires_grad_(True)
-        tf = torch_forward(mods, xt, {"relu3_3", "pool5"})
-        (gt,) = torch.autograd.grad(tf["pool5"], xt, torch.from_numpy(dy))
-        assert rel_err(feats["relu3_3"], tf["relu3_3"].detach().numpy()) < min(bound, 1e-5)
-        assert rel_err(dx, gt.numpy()) < bound
+        objective = lambda tf: (tf["pool5"] * torch.from_numpy(dy).to(tf["pool5"].dtype)).sum()  # noqa: E731
+        f64, g64 = torch_reference("vgg16", params, pooling, x, layers, objective, torch.float64)
+        if dtype == np.float64:
+            assert rel_err(feats["relu3_3"], f64["relu3_3"]) < bound
+            assert rel_err(dx, g64) < bound
+            continue
+        f32, g32 = torch_reference("vgg16", params, pooling, x, layers, objective, torch.float32)
+        assert_float32_as_good_as_torch(feats["relu3_3"], f32["relu3_3"], f64["relu3_3"], 1e-5, what=f"{shape} relu3_3")
+        assert_float32_as_good_as_torch(dx, g32, g64, bound, what=f"{shape} input gradient")
 
 
 @pytest.mark.torch

@@ -2,12 +2,33 @@
 
 The reference is the definition, y[o,i,j] = b[o] + sum_{c,a,e} W[o,c,a,e] xp[c,i+a,j+e],
 in float64 numpy; sizes are odd on purpose (maps not multiples of the 4x4 tile, several
-bands, a batch of two)."""
+bands, a batch of two). The tests whose products go through gemm.py run on every ISA level
+this host supports (minivgg/cpu/isa.py: avx512, avx2, blas; a level the host lacks is
+skipped, saying why), with the same bounds on each: the products' float32 error (at most
+KB + K/KB roundings per output on every level, tests/test_gemm.py) is far below the
+transforms' (docs/winograd.md: 1.2e-6 - 2.6e-6 per layer), which the bounds are set by."""
 
 import numpy as np
 import pytest
 
-from minivgg.cpu import ops, winograd
+from minivgg.cpu import isa, ops, winograd
+
+
+def _levels(names):
+    """pytest params for the levels ``names``, those this host lacks skipped with the reason."""
+    return [pytest.param(n, marks=pytest.mark.skipif(n not in isa.supported(), reason=(
+        f"ISA level {n} needs a host that has it; this one's level is {isa.host_level()}"))) for n in names]
+
+
+ALL_LEVELS = _levels(["blas", "avx2", "avx512"])
+
+
+@pytest.fixture
+def level(request):
+    """The test body runs at ISA level ``request.param`` (isa.forced) with our kernel of that
+    level for the products (at avx2 too, where numpy's BLAS is the default), BLAS at blas."""
+    with isa.forced(request.param, gemm=None if request.param == "blas" else "ours"):
+        yield request.param
 
 
 def direct_conv(x, W, b=None):
@@ -111,8 +132,9 @@ def test_generated_kernels_are_up_to_date():
         assert f.read() == winograd_codegen.generate(winograd.ALGORITHMS, winograd.G), "run python -m minivgg.cpu.winograd_codegen"
 
 
+@pytest.mark.parametrize("level", ALL_LEVELS, indirect=True)
 @pytest.mark.parametrize("shape", [(2, 5, 7, 9), (1, 4, 13, 5), (2, 3, 1, 1), (1, 6, 4, 8), (1, 2, 2, 3)])
-def test_forward_matches_direct_on_odd_sizes(shape):
+def test_forward_matches_direct_on_odd_sizes(level, shape):
     rng = np.random.default_rng(1)
     n, cin, h, w = shape
     cout = 6
@@ -129,8 +151,9 @@ def test_forward_matches_direct_on_odd_sizes(shape):
         assert rel(yr, np.maximum(ref, 0)) < 2e-6
 
 
+@pytest.mark.parametrize("level", ALL_LEVELS, indirect=True)
 @pytest.mark.parametrize("shape", [(2, 5, 7, 9), (1, 4, 13, 5), (2, 3, 1, 1)])
-def test_backward_to_input_matches_direct(shape):
+def test_backward_to_input_matches_direct(level, shape):
     """From the forward's U (inverse-point algorithm), and as the forward convolution of dy
     with W' = W^T rotated 180 degrees: both equal the adjoint's definition."""
     rng = np.random.default_rng(2)
@@ -204,7 +227,8 @@ def test_float64_transform_is_exact_to_rounding():
     assert rel(y, direct_conv(x[None], W)[0]) < 1e-13
 
 
-def test_bands_and_threads_agree():
+@pytest.mark.parametrize("level", ALL_LEVELS, indirect=True)
+def test_bands_and_threads_agree(level):
     """Many bands over a batch (the pipelined path) and one band (stage-split) give the same."""
     rng = np.random.default_rng(5)
     x = rng.standard_normal((2, 24, 70, 33)).astype(np.float32)
@@ -219,7 +243,8 @@ def test_bands_and_threads_agree():
     np.testing.assert_array_equal(y2[:1], y3)
 
 
-def test_vgg_sized_channels_error_bound():
+@pytest.mark.parametrize("level", ALL_LEVELS, indirect=True)
+def test_vgg_sized_channels_error_bound(level):
     """Realistic scale (He init, 256 -> 256 channels): within 1e-5 of the exact result."""
     rng = np.random.default_rng(6)
     x = np.maximum(rng.standard_normal((1, 256, 12, 12)), 0).astype(np.float32)
@@ -269,17 +294,14 @@ def test_ops_route_and_fall_back(monkeypatch):
     assert y64.dtype == np.float64 and rel(y64, direct_conv(x, W, b)) < 1e-12
 
 
-@pytest.mark.parametrize("blas", [False, True])
-def test_streamed_weights_match_kept_ones(monkeypatch, blas):
+@pytest.mark.parametrize("level", ALL_LEVELS, indirect=True)
+def test_streamed_weights_match_kept_ones(level):
     """gather_weights(W) (the taps as rows, U made block by block by the products) stays
     within Winograd's documented 3e-6 of the direct convolution: forward with ReLU, backward with mask,
     extra and a folded pool, bands and whole maps, 1-3 threads (the whole map's output channels in one to
-    three shares), with gemm.py's kernel and with numpy's BLAS; and its kernel makes U itself."""
-    from minivgg.cpu import gemm
+    three shares), on each level (gemm.py's kernels, numpy's BLAS); and its kernel makes U itself."""
     from minivgg.cpu.winograd_kernels import _weight_rows
 
-    if blas:
-        monkeypatch.setattr(gemm, "available", lambda: False)
     rng = np.random.default_rng(8)
     W = he_weights(rng, 24, 40)
     U, w9 = winograd.transform_weights(W), winograd.gather_weights(W)
@@ -407,36 +429,38 @@ def test_auto_streams_large_layers_on_small_maps(monkeypatch):
     assert states["conv4_2"]["winograd"].shape == (32, 512, 512)
 
 
-def test_kept_inner_positions_and_taps_equal_all_of_U(monkeypatch):
+def test_kept_inner_positions_and_taps_equal_all_of_U():
     """transform_weights(W, corners=False) is U without the corners, which are W's corner
     taps exactly; the products from (those 32, gather_weights(W)) give the 36-position U's
-    numbers to the bit, forward and backward, bands and whole maps, 1-3 threads, with
-    gemm.py's kernel and with numpy's BLAS. Mismatched pairs are refused."""
-    from minivgg.cpu import gemm
-
+    numbers to the bit, forward and backward, bands and whole maps, 1-3 threads, on each
+    supported level (gemm.py's kernels, numpy's BLAS). Mismatched pairs are refused."""
     rng = np.random.default_rng(11)
     W = he_weights(rng, 24, 40)
     U, w9, Ui = winograd.transform_weights(W), winograd.gather_weights(W), winograd.transform_weights(W, corners=False)
     np.testing.assert_array_equal(U[list(winograd.INNER)], Ui)
     np.testing.assert_array_equal(U[list(winograd.CORNERS)], w9[list(winograd.CORNER_TAPS)])
     b = rng.standard_normal(24).astype(np.float32)
-    for blas in (False, True):
-        if blas:
-            monkeypatch.setattr(gemm, "available", lambda: False)
-        for h, w in [(9, 7), (64, 60)]:  # one whole map; bands
-            x = rng.standard_normal((1, 40, h, w)).astype(np.float32)
-            dy = rng.standard_normal((1, 24, h, w)).astype(np.float32)
-            y = np.maximum(rng.standard_normal(dy.shape), 0).astype(np.float32)
-            for threads in (1, 2, 3):
-                for wt in (U, (Ui, w9)):
-                    got = (winograd.conv3x3_forward(x, wt, b, relu=True, threads=threads, W=W),
-                           winograd.conv3x3_backward_input(dy, wt, mask=y, threads=threads))
-                    if wt is U:
-                        ref = got
-                for a, a0 in zip(got, ref):
-                    np.testing.assert_array_equal(a, a0)
+    for lvl in isa.supported():
+        with isa.forced(lvl, gemm=None if lvl == "blas" else "ours"):
+            _kept_equals_all(rng, W, U, Ui, w9, b)
     with pytest.raises(ValueError, match="corners=False"):
-        winograd.conv3x3_forward(x, (U, w9), b)
+        winograd.conv3x3_forward(rng.standard_normal((1, 40, 9, 7)).astype(np.float32), (U, w9), b)
+
+
+def _kept_equals_all(rng, W, U, Ui, w9, b):
+    """At the current level: the products from (Ui, w9) equal those from all of U, to the bit."""
+    for h, w in [(9, 7), (64, 60)]:  # one whole map; bands
+        x = rng.standard_normal((1, 40, h, w)).astype(np.float32)
+        dy = rng.standard_normal((1, 24, h, w)).astype(np.float32)
+        y = np.maximum(rng.standard_normal(dy.shape), 0).astype(np.float32)
+        for threads in (1, 2, 3):
+            for wt in (U, (Ui, w9)):
+                got = (winograd.conv3x3_forward(x, wt, b, relu=True, threads=threads, W=W),
+                       winograd.conv3x3_backward_input(dy, wt, mask=y, threads=threads))
+                if wt is U:
+                    ref = got
+            for a, a0 in zip(got, ref):
+                np.testing.assert_array_equal(a, a0)
 
 
 def test_unknown_weights_mode_is_a_clear_error(monkeypatch):
@@ -572,18 +596,12 @@ def test_threads_matmul():
     A = rng.standard_normal((27, 64)).astype(np.float32)
     B = rng.standard_normal((2, 64, 5003)).astype(np.float32)
     np.testing.assert_allclose(threads.matmul(A[None], B), A.astype(np.float64) @ B, rtol=1e-5, atol=1e-4)
-    # out += a @ b, split by rows and by columns, with gemm.py's kernel and numpy's BLAS
-    from minivgg.cpu import gemm
-
-    for blas in (False, True):
+    # out += a @ b, split by rows and by columns, on each level (gemm.py's kernels, numpy's BLAS)
+    for lvl in isa.supported():
         for a, bb in ((D, F[0]), (A, B[0])):
             base = rng.standard_normal((a.shape[0], bb.shape[1])).astype(np.float32)
             out = base.copy()
-            if blas:
-                with pytest.MonkeyPatch.context() as mp:
-                    mp.setattr(gemm, "available", lambda: False)
-                    assert threads.matmul(a, bb, out=out, accumulate=True) is out
-            else:
+            with isa.forced(lvl, gemm=None if lvl == "blas" else "ours"):
                 assert threads.matmul(a, bb, out=out, accumulate=True) is out
             np.testing.assert_allclose(out, base + a.astype(np.float64) @ bb, rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="accumulate needs out"):

@@ -8,6 +8,7 @@ to a temporary name and renamed when complete).
 import argparse
 import os
 import sys
+import warnings
 
 from minivgg.errors import MiniVGGError
 
@@ -106,7 +107,11 @@ def run(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        with warnings.catch_warnings():
+            # library warnings (numpy overflow, Pillow's decompression bomb, h5py) would
+            # print lines around our one error line; what matters is checked and raised
+            warnings.simplefilter("ignore")
+            return run(args)
     except MiniVGGError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2

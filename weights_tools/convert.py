@@ -60,10 +60,7 @@ def detect_format(path):
     from . import caffe, onnx_reader, torch_pickle
 
     where = os.path.basename(path)
-    if not os.path.exists(path):
-        raise MiniVGGError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise MiniVGGError(f"{path}: is a directory, not a weights file")
+    mw.check_regular_file(path, "weights file", missing="file")  # a FIFO would block the read below
     with open(path, "rb") as f:
         head = f.read(1024)
     if not head:
@@ -108,11 +105,13 @@ def _hdf5_kind(path):
             if "converter_version" in f.attrs or "conv1_1" in f:
                 return "minivgg"
             names = sorted(f.keys())[:5]
-    except OSError as e:
-        raise MiniVGGError(f"{where}: truncated or corrupt HDF5 file ({e})") from None
+    except MiniVGGError:
+        raise
+    except Exception as e:  # h5py raises OSError, RuntimeError, KeyError, ValueError on damaged files
+        raise MiniVGGError(f"{where}: truncated or corrupt HDF5 file ({type(e).__name__}: {mw.quote(str(e), 120)})") from None
     raise MiniVGGError(
         f"{where}: an HDF5 file that is neither Keras weights (no layer_names attribute) nor a minivgg weights file"
-        f" (top-level entries: {', '.join(names) or 'none'})"
+        f" (top-level entries: {', '.join(mw.quote(n, 40) for n in names) or 'none'})"
     )
 
 
@@ -122,15 +121,32 @@ def read_source(path, convention=None, strict=True, reason=None):
     """Read any supported file into a :class:`Source` whose convention is decided (see
     :func:`decide_convention`). ``convention``: an override, a name from ``CONVENTIONS``.
     ``strict=False`` (inspect) leaves an undecidable convention as ``None`` instead of
-    raising."""
+    raising.
+
+    The reader boundary: the file is untrusted, and whatever goes wrong inside a reader
+    (h5py, scipy, zipfile, struct, numpy errors, a recursion or memory limit) leaves it as
+    one :class:`MiniVGGError` naming the file, its text escaped and cut to one line, and
+    what comes out has finite weights and a checked input convention."""
     if convention is not None and convention not in CONVENTIONS:
-        raise MiniVGGError(f"unknown input convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
-    fmt = detect_format(path)
-    reader = {"caffe": _read_caffe, "torch-legacy": _read_torch, "torch-zip": _read_torch, "onnx": _read_onnx,
-              "keras": _read_keras, "matconvnet": _read_matconvnet, "minivgg": _read_minivgg}[fmt]
-    src = reader(path)
-    src.format = fmt
-    decide_convention(src, os.path.basename(path), convention, strict, reason)
+        raise MiniVGGError(f"unknown input convention {mw.quote(convention)}; choose one of {', '.join(CONVENTIONS)}")
+    where = os.path.basename(path)
+    try:
+        fmt = detect_format(path)
+        reader = {"caffe": _read_caffe, "torch-legacy": _read_torch, "torch-zip": _read_torch, "onnx": _read_onnx,
+                  "keras": _read_keras, "matconvnet": _read_matconvnet, "minivgg": _read_minivgg}[fmt]
+        src = reader(path)
+        src.format = fmt
+        decide_convention(src, where, convention, strict, reason)
+        _check_source(src, where)
+    except MiniVGGError as e:
+        raise MiniVGGError(mw.clean_message(str(e))) from None
+    except RecursionError:
+        raise MiniVGGError(f"{where}: not a readable weights file (nested too deeply)") from None
+    except MemoryError:
+        raise MiniVGGError(f"{where}: not enough memory to read this weights file") from None
+    except Exception as e:
+        raise MiniVGGError(mw.clean_message(f"{where}: not a readable weights file (truncated or corrupt: "
+                                            f"{type(e).__name__}: {mw.quote(str(e), 120)})")) from None
     return src
 
 
@@ -190,6 +206,31 @@ def _read_onnx(path):
     return src
 
 
+def _check_source(src, where):
+    """Every layer a pair of finite numeric arrays of plausible size, the convention valid."""
+    total = 0
+    for kind, layers in (("convolution", src.convs), ("fully connected", src.fcs)):
+        if len(layers) > 64:
+            raise MiniVGGError(f"{where}: {len(layers)} {kind} layers: not a VGG network")
+        for i, (sname, W, b) in enumerate(layers):
+            label = mw.quote(sname)
+            if not isinstance(sname, str) or len(sname) > mw.QUOTE_LIMIT or not sname.isprintable():
+                # names reach inspect's listing and later messages: escaped and cut here, once
+                layers[i] = (mw.clean_message(sname, mw.QUOTE_LIMIT), W, b)
+            for what, a in (("weights", W), ("bias", b)):
+                if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiub":
+                    raise MiniVGGError(f"{where}: layer {label}: {what} are not an array of numbers")
+                if a.size > mw.MAX_LAYER_ELEMENTS or a.ndim > 4:
+                    raise MiniVGGError(f"{where}: layer {label}: {what} of shape {a.shape} cannot be a VGG layer's")
+                total += a.size
+            if total > mw.MAX_TOTAL_ELEMENTS:
+                raise MiniVGGError(f"{where}: more than {mw.MAX_TOTAL_ELEMENTS} weights in all: not a VGG network")
+            mw.check_finite(W, where, f"layer {label}")
+            mw.check_finite(b, where, f"layer {label}")
+    if src.convention is not None:
+        src.convention = mw.check_convention(src.convention, where)
+
+
 def _read_caffe(path):
     from . import caffe
 
@@ -200,14 +241,14 @@ def _read_caffe(path):
         if not blobs:
             continue
         if ltype not in ("Convolution", "InnerProduct"):
-            raise MiniVGGError(f"{where}: layer {name!r} of type {ltype} has parameters: not a plain VGG network")
+            raise MiniVGGError(f"{where}: layer {mw.quote(name)} of type {mw.quote(ltype)} has parameters: not a plain VGG network")
         if len(blobs) != 2:
-            raise MiniVGGError(f"{where}: layer {name!r} has {len(blobs)} blobs, expected weights and bias")
+            raise MiniVGGError(f"{where}: layer {mw.quote(name)} has {len(blobs)} blobs, expected weights and bias")
         W, b = blobs
         b = b.reshape(-1)
         if ltype == "Convolution":
             if W.ndim != 4:
-                raise MiniVGGError(f"{where}: layer {name!r}: convolution weights of shape {W.shape} are not 4-D")
+                raise MiniVGGError(f"{where}: layer {mw.quote(name)}: convolution weights of shape {W.shape} are not 4-D")
             src.convs.append((name, W, b))
         else:  # legacy blobs are (1, 1, out, in); new ones (out, in)
             W = W.reshape(W.shape[-2], W.shape[-1]) if W.ndim >= 2 else W
@@ -251,10 +292,10 @@ def _read_torch(path):
         src = _generic_vgg_state_dict(sd)
         if src is not None:
             return src
-        shown = ", ".join(list(sd)[:4])
+        shown = ", ".join(mw.quote(k, 40) for k in list(sd)[:4])
         raise MiniVGGError(f"{where}: not a VGG state dict: no 'features.N.weight' keys (found {shown}, ...)")
     if unknown:
-        shown = ", ".join(unknown[:4])
+        shown = ", ".join(mw.quote(k, 40) for k in unknown[:4])
         raise MiniVGGError(f"{where}: not a plain VGG-16/19 state dict: unexpected key(s) {shown}"
                            + (" (batch-norm VGG is not supported)" if any("running_" in u for u in unknown) else ""))
     src = Source("torch", convention=dict(mw.TORCHVISION))
@@ -308,7 +349,7 @@ def _read_keras(path):
     except MiniVGGError:
         raise
     except Exception as e:
-        raise MiniVGGError(f"{where}: truncated or corrupt Keras HDF5 file ({e})") from None
+        raise MiniVGGError(f"{where}: truncated or corrupt Keras HDF5 file ({type(e).__name__}: {mw.quote(str(e), 120)})") from None
     last_conv_channels = None
     for lname, arrays in layers:
         if any(a.ndim == 4 for a in arrays):
@@ -318,7 +359,7 @@ def _read_keras(path):
         else:
             first = not src.fcs and last_conv_channels is not None
             flat = None
-            if first:
+            if first and last_conv_channels > 0:
                 kernel = max(arrays, key=lambda a: a.ndim)
                 n = kernel.shape[0] // last_conv_channels if kernel.ndim == 2 else 0
                 side = int(round(n ** 0.5))
@@ -341,17 +382,17 @@ def _read_matconvnet(path):
     for name, ltype, W, b in layers:
         if W is None:
             if ltype in ("bnorm", "batchnorm"):
-                raise MiniVGGError(f"{where}: layer {name!r} is batch normalization: not a plain VGG network")
+                raise MiniVGGError(f"{where}: layer {mw.quote(name)} is batch normalization: not a plain VGG network")
             continue
         if ltype != "conv":
-            raise MiniVGGError(f"{where}: layer {name!r} of type {ltype!r} has weights: not a plain VGG network")
+            raise MiniVGGError(f"{where}: layer {mw.quote(name)} of type {mw.quote(ltype)} has weights: not a plain VGG network")
         if b is None:
-            raise MiniVGGError(f"{where}: layer {name!r} has no bias")
+            raise MiniVGGError(f"{where}: layer {mw.quote(name)} has no bias")
         if name.startswith("fc") or W.shape[:2] != (3, 3):
             src.fcs.append((name, *matconvnet.fc_to_ours(W, b)))
         else:
             if src.fcs:
-                raise MiniVGGError(f"{where}: convolution {name!r} after the fully connected layers: not a VGG network")
+                raise MiniVGGError(f"{where}: convolution {mw.quote(name)} after the fully connected layers: not a VGG network")
             src.convs.append((name, *matconvnet.conv_to_ours(W, b)))
     return src
 
@@ -394,7 +435,7 @@ def assemble(src, where, arch=None, keep_classifier=False):
     for (name, cout, cin), (sname, W, b) in zip(conv_specs(arch), src.convs):
         W = np.asarray(W, dtype=np.float32)
         b = np.asarray(b, dtype=np.float32).reshape(-1)
-        label = name if sname == name else f"{name} (source layer {sname!r})"
+        label = name if sname == name else f"{name} (source layer {mw.quote(sname)})"
         if W.shape != (cout, cin, 3, 3):
             raise MiniVGGError(f"{where}: {label}: weight shape {tuple(W.shape)}, expected {(cout, cin, 3, 3)}")
         if b.shape != (cout,):
@@ -409,7 +450,7 @@ def assemble(src, where, arch=None, keep_classifier=False):
         for (name, cout, cin), (sname, W, b) in zip(FC_SPECS, src.fcs):
             W = np.asarray(W, dtype=np.float32)
             b = np.asarray(b, dtype=np.float32).reshape(-1)
-            label = name if sname == name else f"{name} (source layer {sname!r})"
+            label = name if sname == name else f"{name} (source layer {mw.quote(sname)})"
             if W.shape != (cout, cin):
                 raise MiniVGGError(f"{where}: {label}: weight shape {tuple(W.shape)}, expected {(cout, cin)}")
             if b.shape != (cout,):
@@ -452,6 +493,7 @@ def convert(src_path, out_path, arch=None, keep_classifier=False, convention=Non
     if log is None:
         log = _stderr
     where = os.path.basename(src_path)
+    mw.check_output_path(out_path, inputs=[src_path])  # before any reading: fail fast, never replace a device
     src = read_source(src_path, convention=convention, reason=reason)
     if keep_classifier and src.format == "onnx" and not src.fcs and src.notes:
         raise MiniVGGError(f"{where}: --keep-classifier: {src.notes[0]}")
@@ -479,11 +521,7 @@ def convert(src_path, out_path, arch=None, keep_classifier=False, convention=Non
                 meta[k] = src.meta[k]
         if convention is None and "convention_decided" in src.meta:
             meta["convention_decided"] = src.meta["convention_decided"]
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    if not os.path.isdir(out_dir):
-        raise MiniVGGError(f"{out_path}: the output directory does not exist")
-    if os.path.abspath(out_path) == os.path.abspath(src_path):
-        raise MiniVGGError(f"{out_path}: the output would overwrite the input")
+    mw.check_output_path(out_path, inputs=[src_path])
     try:
         mw.write_weights(out_path, params, meta)
     except OSError as e:

@@ -35,6 +35,13 @@ from minivgg.errors import MiniVGGError
 
 DEAD = 1e-8  # absolute floor for "dead"
 DEAD_REL = 1e-7  # relative to the layer's largest mean
+# Images are checked from their headers before any is decoded: the decoded image, and
+# the image once resized (a 1 x 5000 strip resized to a shorter side of 224 would be
+# 224 x 1,120,000), must stay within these many pixels.
+MAX_DECODED_PIXELS = 1 << 26
+MAX_PIXELS = 1 << 22  # 2048 x 2048 per image after resizing
+MAX_TOTAL_PIXELS = 1 << 24  # all images together (each layer's activations of all are kept)
+MAX_SIZE = 4096
 
 
 def builtin_images():
@@ -57,25 +64,82 @@ def builtin_images():
     return imgs
 
 
+def image_files(paths):
+    """The image files named by ``paths`` (directories: their images, sorted)."""
+    files = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = sorted(os.path.join(p, f) for f in os.listdir(p)
+                           if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")))
+            if not found:
+                raise MiniVGGError(f"{p}: no images in this directory")
+            files.extend(found)
+        else:
+            files.append(p)
+    return files
+
+
+def resized_shape(h, w, size):
+    """The (h, w) :func:`resize_shorter` gives, computed without an image."""
+    if not size:
+        return h, w
+    s = size / min(h, w)
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+def check_image_sizes(paths, size):
+    """Read only the headers of the images and refuse, before any is decoded, one that
+    is too large to decode or would be too large once resized, or a set too large."""
+    import warnings
+
+    from PIL import Image
+
+    total = 0
+    for p in paths:
+        mw.check_regular_file(p, "image file", missing="image")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(p) as im:
+                    w, h = im.size
+        except MiniVGGError:
+            raise
+        except Image.DecompressionBombWarning:
+            raise MiniVGGError(f"{p}: image too large to decode safely") from None
+        except Exception as e:
+            raise MiniVGGError(f"{p}: not a readable image ({type(e).__name__}: {mw.quote(str(e), 120)})") from None
+        if w <= 0 or h <= 0 or w * h > MAX_DECODED_PIXELS:
+            raise MiniVGGError(f"{p}: a {w}x{h} image; at most {MAX_DECODED_PIXELS} pixels are decoded")
+        rh, rw = resized_shape(h, w, size)
+        if rh * rw > MAX_PIXELS:
+            raise MiniVGGError(f"{p}: a {w}x{h} image would be {rw}x{rh} at --size {size}; at most {MAX_PIXELS} "
+                               f"pixels per image (crop it or use a smaller --size)")
+        total += rh * rw
+        if total > MAX_TOTAL_PIXELS:
+            raise MiniVGGError(f"the images have more than {MAX_TOTAL_PIXELS} pixels in all at --size {size}; "
+                               f"give fewer or use a smaller --size")
+    return paths
+
+
 def load_images(paths):
+    import warnings
+
     from PIL import Image
 
     imgs = []
-    for p in paths:
-        if os.path.isdir(p):
-            files = sorted(os.path.join(p, f) for f in os.listdir(p)
-                           if f.lower().endswith((".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")))
-            if not files:
-                raise MiniVGGError(f"{p}: no images in this directory")
-            imgs.extend(load_images(files))
-            continue
+    for p in image_files(paths):
+        mw.check_regular_file(p, "image file", missing="image")
         try:
-            with Image.open(p) as im:
-                imgs.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
-        except FileNotFoundError:
-            raise MiniVGGError(f"{p}: no such image") from None
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(p) as im:
+                    imgs.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+        except Image.DecompressionBombWarning:
+            raise MiniVGGError(f"{p}: image too large to decode safely") from None
+        except MemoryError:
+            raise MiniVGGError(f"{p}: not enough memory to decode this image") from None
         except Exception as e:
-            raise MiniVGGError(f"{p}: not a readable image ({e})") from None
+            raise MiniVGGError(f"{p}: not a readable image ({type(e).__name__}: {mw.quote(str(e), 120)})") from None
     return imgs
 
 
@@ -211,31 +275,41 @@ def normalize(in_path, out_path, image_paths=None, size=224, pooling="max", devi
     """Normalize the weights in ``in_path`` on the given images (default: the built-in
     set) and write them to ``out_path``. Returns the per-layer means measured."""
     log = log or (lambda msg: None)
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_SIZE:
+        raise MiniVGGError(f"--size must be an integer from 0 to {MAX_SIZE} (0: keep the images' size), got {mw.quote(size)}")
+    mw.check_output_path(out_path, inputs=[in_path, *image_files(image_paths or [])])
     params, meta = mw.read_weights(in_path)
     arch = meta.get("arch")
     if arch not in ("vgg16", "vgg19"):
-        raise MiniVGGError(f"{in_path}: unknown arch {arch!r} in the weights file")
-    images = load_images(image_paths) if image_paths else builtin_images()
+        raise MiniVGGError(f"{in_path}: unknown arch {mw.quote(arch)} in the weights file")
+    if image_paths:
+        images = load_images(check_image_sizes(image_files(image_paths), size))
+    else:
+        images = builtin_images()
     images = [resize_shorter(im, size) for im in images]
     small = [im.shape[:2] for im in images if min(im.shape[:2]) < 32]
     if small:
         raise MiniVGGError(f"image of {small[0][0]}x{small[0][1]} pixels is too small: VGG needs at least 32 a side (use --size)")
-    log(f"measuring mean activations of {arch} on {len(images)} image(s), conv1_1 upward")
-    new, means = normalize_upward(arch, params, meta["convention"], images, pooling=pooling, device=device)
+    with np.errstate(all="ignore"):  # an overflow shows as non-finite weights, refused below
+        new, means = normalize_upward(arch, params, meta["convention"], images, pooling=pooling, device=device)
+    for name, (W, b) in new.items():
+        if not (np.isfinite(W).all() and np.isfinite(b).all()):
+            raise MiniVGGError(f"{in_path}: normalizing {name} gives NaN or infinite weights (its activations overflow "
+                               f"float32 on these images); nothing written")
     dead = sum(int(dead_mask(m).sum()) for m in means.values())
-    if dead:
-        log(f"{dead} filter(s) never fire on these images; left unscaled")
     out_meta = {k: v for k, v in meta.items() if k != "convention"}
     out_meta["convention"] = meta["convention"]
     out_meta["normalized"] = True
     out_meta["normalize_pooling"] = pooling
     out_meta["normalize_images"] = len(images)
     out_meta["normalize_size"] = int(size or 0)
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    if not os.path.isdir(out_dir):
-        raise MiniVGGError(f"{out_path}: the output directory does not exist")
+    mw.check_output_path(out_path, inputs=[in_path])
     try:
         mw.write_weights(out_path, new, out_meta)
     except OSError as e:
         raise MiniVGGError(f"{out_path}: cannot write ({e.strerror or e})") from None
+    # reported once the file is written, so that a failure prints its error line alone
+    log(f"measured mean activations of {arch} on {len(images)} image(s), conv1_1 upward")
+    if dead:
+        log(f"{dead} filter(s) never fire on these images; left unscaled")
     return means

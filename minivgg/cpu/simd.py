@@ -2,8 +2,8 @@
 
 ``_deinterleave4(src, so, dst, do, ldd, n)``: dst[do + p * ldd + j] = src[so + 4 j + p] for
 p < 4, j < n: a row split into its four phases (the Winograd input transform's tiles start
-every 4 columns). numba's loop over j with four stride-4 loads stays scalar; here each 64
-floats are four vector loads, twelve shuffles and four vector stores.
+every 4 columns). numba's loop over j with four stride-4 loads stays scalar; here each
+4 LANES floats are four vector loads, twelve shuffles and four vector stores.
 """
 
 from llvmlite import ir
@@ -11,12 +11,19 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .gemm import LANES, _IR
+from . import isa
+from .gemm import _IR
+
+# Floats a vector: 16 where numba's target has AVX-512, else 8. On an AVX2 target LLVM
+# splits the 16-float shuffles into 8-float halves; the 8-float version of the same
+# shuffles weaves rows back faster there and splits them as fast (docs/benchmarks.md).
+# A compile-time choice, by the target numba compiles for (its cache is keyed on it too).
+LANES = 16 if isa.host_level() == "avx512" else 8
 
 
 def _phase_masks():
-    """For each phase p: the shuffle of two 16-vectors taking their elements p, p+4, ... (8),
-    and the shuffle joining two 8-vectors into one 16."""
+    """For each phase p: the shuffle of two LANES-vectors taking their elements p, p+4, ...
+    (LANES / 2), and the shuffle joining two halves into one vector."""
     i32 = ir.IntType(32)
     half = [ir.Constant(ir.VectorType(i32, LANES // 2), [p + 4 * k for k in range(LANES // 2)]) for p in range(4)]
     join = ir.Constant(ir.VectorType(i32, LANES), list(range(LANES)))
@@ -29,7 +36,7 @@ def _deinterleave4(typingctx, src, so, dst, do, ldd, n):
 
     def codegen(context, builder, signature, args):
         _, so_, _, do_, ldd_, n_ = args
-        e = _IR(context, builder, signature, args, ir.Constant(ir.IntType(64), LANES))
+        e = _IR(context, builder, signature, args, ir.Constant(ir.IntType(64), LANES), LANES)
         so_, do_, ldd_, n_ = map(e.int, (so_, do_, ldd_, n_))
         sp, dp = e.pointer(0, so_), e.pointer(2, do_)
         half, join = _phase_masks()
@@ -63,11 +70,11 @@ def _interleave4(typingctx, src, so, lds, dst, do, n, relu):
 
     def codegen(context, builder, signature, args):
         _, so_, lds_, _, do_, n_, relu_ = args
-        e = _IR(context, builder, signature, args, ir.Constant(ir.IntType(64), LANES))
+        e = _IR(context, builder, signature, args, ir.Constant(ir.IntType(64), LANES), LANES)
         so_, lds_, do_, n_ = map(e.int, (so_, lds_, do_, n_))
         sp, dp = e.pointer(0, so_), e.pointer(3, do_)
         i32 = ir.IntType(32)
-        # two phases' 16 values zipped into 32 (a0 b0 a1 b1 ...), split into two 16-vectors
+        # two phases' LANES values zipped into 2 LANES (a0 b0 a1 b1 ...), split into two vectors
         zip_lo = ir.Constant(ir.VectorType(i32, LANES), [k // 2 + (k % 2) * LANES for k in range(LANES)])
         zip_hi = ir.Constant(ir.VectorType(i32, LANES), [LANES // 2 + k // 2 + (k % 2) * LANES for k in range(LANES)])
         # then pairs (a b) of phases 0,1 with pairs (c d) of phases 2,3: a b c d per column
@@ -113,7 +120,7 @@ def _repeat2(typingctx, src, so, dst, do, n, scale):
 
     def codegen(context, builder, signature, args):
         _, so_, _, do_, n_, scale_ = args
-        e = _IR(context, builder, signature, args, ir.Constant(ir.IntType(64), LANES))
+        e = _IR(context, builder, signature, args, ir.Constant(ir.IntType(64), LANES), LANES)
         so_, do_, n_ = map(e.int, (so_, do_, n_))
         sp, dp = e.pointer(0, so_), e.pointer(2, do_)
         i32 = ir.IntType(32)

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import gemm as _gemm
-from .gemm import matmul as _gemm_matmul  # our AVX-512 kernel where it applies, else BLAS
+from .gemm import matmul as _gemm_matmul  # our kernel of the ISA level where it applies, else BLAS
 
 _POOL = None
 _POOL_PID = None
@@ -170,19 +170,27 @@ def matmul(a, b, out=None, accumulate=False):
     return res[0] if squeeze else res
 
 
-def _gram_share(t, nthreads, F, G):
+def _gram_share(t, nthreads, lanes, F, G):
     for i in range(F.shape[0]):
-        _gemm._gram_blocks(F[i], G[i], t, nthreads)
+        _gemm._gram_blocks(lanes, F[i], G[i], t, nthreads)
 
 
 def gram(F):
-    """G[i] = F[i] F[i]^T for float32 (B, C, K): gemm.py's Gram kernel (upper triangle, the
-    row blocks dealt to the threads in turn so each gets a like share), else ``matmul``."""
-    if not (_gemm.available() and _gemm.unit_rows(F)):
-        return matmul(F, F.transpose(0, 2, 1))
-    G = np.empty((F.shape[0], F.shape[1], F.shape[1]), np.float32)
-    t = max(1, min(num_threads(), -(-F.shape[1] // _gemm.MRG)))
-    run([(_gram_share, k, t, F, G) for k in range(t)], threads=t)
+    """G[i] = F[i] F[i]^T for (B, C, K), exactly symmetric on every level: the upper
+    triangle is copied into the lower. In gemm.py's Gram kernel of the level, which makes
+    only the blocks on and above the diagonal (the row blocks dealt to the threads in turn
+    so each gets a like share), or with numpy's BLAS (the products' choice is BLAS, or the
+    kernel does not take the arrays, float64 among them): the whole product, split by rows
+    over the threads (:func:`matmul`), since row blocks of the triangle alone, 64 rows or
+    fewer, measured slower in OpenBLAS (docs/gemm.md)."""
+    G = np.empty((F.shape[0], F.shape[1], F.shape[1]), F.dtype)
+    k = _gemm.kernel()
+    with one_blas_thread():
+        if k is not None and _gemm.unit_rows(F):
+            t = max(1, min(num_threads(), -(-F.shape[1] // k.mrg)))
+            run([(_gram_share, s, t, k.lanes, F, G) for s in range(t)], threads=t)
+        else:  # the whole product (row blocks of the triangle measured slower in BLAS), then mirrored
+            matmul(F, F.transpose(0, 2, 1), out=G)
     for i in range(G.shape[0]):
         _gemm._mirror(G[i])
     return G

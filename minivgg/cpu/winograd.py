@@ -21,7 +21,7 @@ Summed over input channels, the 36 element-wise products become 36 independent G
 
 so a layer does 36 * T * Cin * Cout multiply-adds instead of 9 * 16 * T * Cin * Cout: a
 quarter. The input and output transforms are numba kernels; the GEMMs go to our own
-register-blocked kernel (`gemm.py`, AVX-512) or, on processors without AVX-512, numpy's BLAS.
+register-blocked kernels (`gemm.py`: AVX-512 or AVX2, by the ISA level of `isa.py`) or numpy's BLAS.
 
 Backward to the input. For y = conv(x, W) with 3x3 kernels, stride 1, pad 1,
 dx = conv(dy, W'), W'[c, o] = W[o, c] flipped in both spatial axes (a full correlation with
@@ -380,7 +380,7 @@ def _streamed(wt):
 
 
 @njit(nogil=True, cache=True)
-def _products_fwd(w9, Vg, Mg, o0, o1, rb, ub):
+def _products_fwd(lanes, w9, Vg, Mg, o0, o1, rb, ub):
     """M[xi][o] = U[xi][o] @ V[xi] for all 36 positions xi, o in o0..o1-1."""
     K = w9.shape[2]
     for a in range(o0, o1, rb):
@@ -388,11 +388,11 @@ def _products_fwd(w9, Vg, Mg, o0, o1, rb, ub):
         for i in range(6):
             U6 = ub[: 6 * (e - a) * K].reshape(6, e - a, K)
             _weight_rows(w9, i, a, e, 0, K, U6)
-            gemm._gemm3(U6, Vg[6 * i : 6 * i + 6], Mg[6 * i : 6 * i + 6, a:e], False)
+            gemm._gemm3(lanes, U6, Vg[6 * i : 6 * i + 6], Mg[6 * i : 6 * i + 6, a:e], False)
 
 
 @njit(nogil=True, cache=True)
-def _products_bwd(w9, Vg, Mg, c0, c1, rb, ub):
+def _products_bwd(lanes, w9, Vg, Mg, c0, c1, rb, ub):
     """M[xi][c] = U[xi][:, c]^T @ V[xi] for all 36 positions xi, c in c0..c1-1, summed over
     blocks of rb of the K axis (the convolution's output channels)."""
     n = w9.shape[1]
@@ -402,7 +402,7 @@ def _products_bwd(w9, Vg, Mg, c0, c1, rb, ub):
         for i in range(6):
             U6 = ub[: 6 * (e - a) * C].reshape(6, e - a, C)
             _weight_rows(w9, i, a, e, c0, c1, U6)
-            gemm._gemm3(U6.transpose(0, 2, 1), Vg[6 * i : 6 * i + 6, a:e], Mg[6 * i : 6 * i + 6, c0:c1], a > 0)
+            gemm._gemm3(lanes, U6.transpose(0, 2, 1), Vg[6 * i : 6 * i + 6, a:e], Mg[6 * i : 6 * i + 6, c0:c1], a > 0)
 
 
 def _products_streamed(w9, backward, Vg, Mg, r0, r1):
@@ -410,12 +410,14 @@ def _products_streamed(w9, backward, Vg, Mg, r0, r1):
     backward the convolution's input channels)."""
     k = w9.shape[1] if backward else w9.shape[2]
     cols = r1 - r0 if backward else k
-    rb = max(gemm.MR, UBLOCK_BYTES // (6 * 4 * cols) // gemm.MR * gemm.MR)
+    kern = gemm.kernel()
+    mr = gemm.MR if kern is None else kern.mr  # whole register blocks of the level's kernel
+    rb = max(mr, UBLOCK_BYTES // (6 * 4 * cols) // mr * mr)
     ub = _workspace().ublock(6 * rb * cols)
-    if gemm.available():
-        (_products_bwd if backward else _products_fwd)(w9, Vg, Mg, r0, r1, rb, ub)
+    if kern is not None:
+        (_products_bwd if backward else _products_fwd)(kern.lanes, w9, Vg, Mg, r0, r1, rb, ub)
         return
-    for i in range(6):  # numpy's BLAS (no AVX-512): the same blocks
+    for i in range(6):  # numpy's BLAS (level blas): the same blocks
         xs = slice(6 * i, 6 * i + 6)
         for a in range(0, k, rb) if backward else range(r0, r1, rb):
             e = min(k if backward else r1, a + rb)
@@ -438,7 +440,7 @@ _SOURCE = np.array([-1 - CORNER_TAPS[CORNERS.index(xi)] if xi in CORNERS else IN
 
 
 @njit(nogil=True, cache=True)
-def _products_kept(Ui, w9, src, Vg, Mg, o0, o1, backward):
+def _products_kept(lanes, Ui, w9, src, Vg, Mg, o0, o1, backward):
     """M[xi][o] = U[xi][o] @ V[xi] (backward: U[xi][:, o]^T @ V[xi]) for the 36 positions xi,
     o in o0..o1-1, with U[xi] = Ui[src[xi]], or w9[-1 - src[xi]] at the corners (_SOURCE)."""
     cout, cin = Ui.shape[1], Ui.shape[2]
@@ -453,9 +455,9 @@ def _products_kept(Ui, w9, src, Vg, Mg, o0, o1, backward):
     for xi in range(36):
         co = xi * scb + o0 * ldc
         if src[xi] < 0:
-            gemm._gemm_flat(w9, (-1 - src[xi]) * plane + off, sai, sak, Vg, xi * sbb, ldb, Mg, co, ldc, m, n, K, False)
+            gemm._gemm_flat(lanes, w9, (-1 - src[xi]) * plane + off, sai, sak, Vg, xi * sbb, ldb, Mg, co, ldc, m, n, K, False)
         else:
-            gemm._gemm_flat(Ui, src[xi] * plane + off, sai, sak, Vg, xi * sbb, ldb, Mg, co, ldc, m, n, K, False)
+            gemm._gemm_flat(lanes, Ui, src[xi] * plane + off, sai, sak, Vg, xi * sbb, ldb, Mg, co, ldc, m, n, K, False)
 
 
 def _position_runs():
@@ -480,10 +482,11 @@ def _products(wt, backward, Vg, Mg, o0, o1):
     inner ones and the taps), or made from w9 as they go."""
     if isinstance(wt, tuple):
         Ui, w9 = wt
-        if gemm.available():
-            _products_kept(Ui, w9, _SOURCE, Vg, Mg, o0, o1, backward)
+        lanes = gemm.lanes()
+        if lanes:
+            _products_kept(lanes, Ui, w9, _SOURCE, Vg, Mg, o0, o1, backward)
             return
-        for xi0, xi1, taps, r in _RUNS:  # numpy's BLAS (no AVX-512): the same products
+        for xi0, xi1, taps, r in _RUNS:  # numpy's BLAS (level blas): the same products
             Ur = (w9 if taps else Ui)[r : r + xi1 - xi0]
             Ug = Ur.transpose(0, 2, 1) if backward else Ur
             np.matmul(Ug[:, o0:o1], Vg[xi0:xi1], out=Mg[xi0:xi1, o0:o1])

@@ -44,8 +44,8 @@ from .common import Objective, check_layers, ensure_memory, initial_x, run_optim
 CONTENT_LAYERS = ("relu4_2",)
 STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 CONTENT_WEIGHT = 1.0
-STYLE_WEIGHT = 1e-2
-TV_WEIGHT = 1e-3
+STYLE_WEIGHT = 3e-3
+TV_WEIGHT = 2e-2
 LOSS_NORM = "mean"
 
 
