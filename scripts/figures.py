@@ -53,7 +53,7 @@ SETTINGS = {
     "atlas": {"size": (128, 40), "iters": (100, 4)},
     "invert": {"size": (160, 40), "iters": (300, 4)},
     "texture": {"size": (160, 40), "iters": (300, 4)},
-    "style": {"size": (256, 48), "iters": (800, 8), "snapshot": (200, 2)},
+    "style": {"size": (192, 48), "iters": (800, 8), "snapshot": (200, 2)},
     "dream": {"size": (256, 48), "zoom_size": (192, 40), "zoom_steps": (12, 2)},
 }
 
