@@ -47,6 +47,8 @@ OUT_DIR/compare_table.md (also printed) and OUT_DIR/runs/ (every result image an
 import argparse
 import csv
 import datetime
+import hashlib
+import json
 import os
 import platform
 import re
@@ -144,15 +146,38 @@ def run_timed(cmd, cwd, timeout, what):
     return wall, p
 
 
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def run_nsp(args, model_name, work, content, style, iters, out):
+    """Run neural_style.py, or with --reuse-nsp take the result of an earlier run with the
+    same inputs (its side file OUT.json records them): neural-style-pt does not depend on
+    minivgg's code, and on a shared CPU it is the slow half. Returns (wall, when)."""
     cmd = [args.nsp_python, os.path.join(args.neural_style, "neural_style.py"),
            "-content_image", content, "-style_image", style, "-output_image", out,
            "-image_size", str(args.size), "-num_iterations", str(iters), "-seed", "0",
            "-gpu", "c", "-backend", "nn", "-print_iter", "0", "-save_iter", "0", "-model_file", model_name]
+    key = {"cmd": cmd[1:], "weights_sha256": args.weights_sha256, "neural_style_sha256": args.nsp_sha256,
+           "content_sha256": sha256(content), "style_sha256": sha256(style)}
+    side = os.path.splitext(out)[0] + ".json"
+    if args.reuse_nsp and os.path.isfile(out) and os.path.isfile(side):
+        with open(side) as f:
+            old = json.load(f)
+        if old.get("key") == key:
+            return old["wall"], f"reused from {old['when']}"
     wall, _ = run_timed(cmd, work, args.timeout, f"neural-style-pt ({os.path.basename(content)})")
     if not os.path.isfile(out):
         raise Fail(f"neural-style-pt wrote no {out}")
-    return wall, cmd
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    with open(side + ".tmp", "w") as f:
+        json.dump({"key": key, "wall": wall, "when": when}, f, indent=1)
+    os.replace(side + ".tmp", side)
+    return wall, None
 
 
 def run_ours(args, arch, content, style, iters, out, extra):
@@ -315,7 +340,12 @@ def parse_args(argv):
     p.add_argument("--nsp-python", default=sys.executable, metavar="PYTHON",
                    help="interpreter for neural_style.py, with torch and torchvision (default: this one)")
     p.add_argument("--out-dir", default="compare_out", metavar="DIR", help="where sheets, table, runs go")
-    p.add_argument("--timeout", type=int, default=900, help="seconds allowed per run (default 900)")
+    p.add_argument("--timeout", type=int, default=2400,
+                   help="seconds allowed per run (default 2400: neural-style-pt at 192 px x 200 took over 900 s "
+                        "on 2 busy cores)")
+    p.add_argument("--reuse-nsp", action="store_true",
+                   help="reuse neural-style-pt results in OUT_DIR/runs from an earlier run with the same inputs "
+                        "(command, weights, images, neural_style.py), e.g. to rerun only minivgg after a change")
     args = p.parse_args(argv)
     try:
         args.iters_list = [int(k) for k in args.iters.split(",") if k.strip()]
@@ -335,6 +365,8 @@ def check_inputs(args):
     if not os.path.isfile(args.weights):
         raise Fail(f"--weights {args.weights}: no such file (a minivgg .h5: python -m weights_tools)")
     args.weights = os.path.abspath(args.weights)
+    args.weights_sha256 = sha256(args.weights)
+    args.nsp_sha256 = sha256(os.path.join(args.neural_style, "neural_style.py"))
     if not os.path.isfile(os.path.join(args.minivgg_root, "minivgg", "__init__.py")):
         raise Fail(f"--minivgg-root {args.minivgg_root}: no minivgg package there")
     args.minivgg_root = os.path.abspath(args.minivgg_root)
@@ -393,8 +425,9 @@ def main(argv=None):
                                     f"{pair.replace(' x ', '_x_')}_{args.size}px_{iters}it")
                 runs = []
                 out = stem + "_nsp.png"
-                wall, _ = run_nsp(args, model_name, work, c_path, s_path, iters, out)
-                runs.append(("neural-style-pt", out, wall, f"its defaults ({NSP_DEFAULTS})"))
+                wall, reused = run_nsp(args, model_name, work, c_path, s_path, iters, out)
+                runs.append(("neural-style-pt", out, wall,
+                             f"its defaults ({NSP_DEFAULTS})" + (f"; {reused}" if reused else "")))
                 out = stem + "_minivgg.png"
                 wall, _ = run_ours(args, arch, c_path, s_path, iters, out, extra)
                 runs.append((ours_label, out, wall, f"{defaults}" + (f"; + {args.ours_args}" if extra else "")))
