@@ -189,14 +189,16 @@ def run_ours(args, arch, content, style, iters, out, extra):
     return wall, cmd
 
 
-def mapped_flags(content_shape, size, mean_png):
+def mapped_flags(content_shape, size, mean_png, help_text):
     """neural-style-pt's defaults as minivgg flags. Its losses, per layer, with F (N x M):
     content 5 * mean((F - P)^2) = 5 * 2/(N M) * Lc, and style 100 * mean((G/(NM) -
     A/(NM))^2) = 100 * 4/N^2 * E_l, summed over the five layers (no 1/5). So
     content weight 10/(512 M) at relu4_2 (M from the size), style weight 100 with layer
     weights 4/N_l^2. Its TV is the L1 (anisotropic) one, which minivgg lacks: beta-2 TV
     with 1e-3/(2*5) = 1e-4 has the same gradient at a neighbour difference of 5 levels.
-    Its start, randn*0.001 in input space, is the mean pixel: a flat image of it."""
+    Its start, randn*0.001 in input space, is the mean pixel: a flat image of it.
+    These weights are for the papers' sums; a minivgg whose --help offers --loss-norm
+    is asked for them with --loss-norm paper."""
     from minivgg.image import size_for_longest
 
     h, w = size_for_longest(content_shape, size)
@@ -205,7 +207,7 @@ def mapped_flags(content_shape, size, mean_png):
     return ["--pooling", "max", "--content-weight", f"{10.0 / (512 * m):.6g}", "--style-weight", "100",
             "--style-layer-weights", ",".join(f"{4.0 / widths[l] ** 2:.6g}" for l in STYLE_LAYERS),
             "--tv-weight", "1e-4", "--init", mean_png, "--optimizer", "lbfgs", "--lr", "1", "--history-size", "100",
-            "--line-search", "none", "--tol", "0"]
+            "--line-search", "none", "--tol", "0"] + (["--loss-norm", "paper"] if "--loss-norm" in help_text else [])
 
 
 def write_mean_image(meta, shape, path):
@@ -217,15 +219,19 @@ def write_mean_image(meta, shape, path):
     save_image(path, np.broadcast_to(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), tuple(shape[:2]) + (3,)))
 
 
+def our_help(root):
+    p = subprocess.run([sys.executable, "-m", "minivgg", "style", "--help"], cwd=root, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    return " ".join(p.stdout.split())
+
+
 def our_defaults(root):
     """The style command's defaults as its --help states them (so the table shows what was
     in force, whatever the code's defaults are now)."""
-    p = subprocess.run([sys.executable, "-m", "minivgg", "style", "--help"], cwd=root, stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True)
-    text = " ".join(p.stdout.split())
+    text = our_help(root)
     found = []
-    for flag in ("content-weight", "style-weight", "tv-weight", "pooling", "init", "optimizer", "line-search",
-                 "history-size", "style-layers", "content-layers"):
+    for flag in ("content-weight", "style-weight", "tv-weight", "loss-norm", "style-layer-weights", "pooling", "init",
+                 "optimizer", "line-search", "history-size", "style-layers", "content-layers"):
         for m in re.finditer(r"(?:^|\s)--" + re.escape(flag) + r"\b(.*?)(?=\s--[a-z]|$)", text):
             chunk = m.group(1)
             d = re.search(r"\(default:? ([^);:]*)", chunk) or re.search(r"([\w-]+(?: [\w-]+)?) \(default\)", chunk)
@@ -275,12 +281,11 @@ def luminance_corr(result, content):
 
 
 # --- sheet and table --------------------------------------------------------------------
-def make_sheet(path, rows, title):
-    from minivgg.experiments import Tile, contact_sheet, default_box
+def make_sheet(path, rows, title, box):
+    from minivgg.experiments import Tile, contact_sheet
 
-    size = max(max(t["image"].shape[:2]) for _l, tiles in rows for t in tiles)
     grid = [(label, [Tile(t["image"], t["caption"]) for t in tiles]) for label, tiles in rows]
-    sheet, _ = contact_sheet(grid, box=default_box(size), title=title)
+    sheet, _ = contact_sheet(grid, box=box, title=title)
     tmp = path + ".tmp.png"
     sheet.save(tmp)
     os.replace(tmp, path)
@@ -290,7 +295,8 @@ def git_commit(root):
     try:
         head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+        # only the package counts: an edited script or doc does not change what runs
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no", "--", "minivgg"],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout.strip()
     except OSError:
         return "unknown"
@@ -339,6 +345,9 @@ def parse_args(argv):
                    help="checkout whose `python -m minivgg` runs and measures (default: this script's repo)")
     p.add_argument("--nsp-python", default=sys.executable, metavar="PYTHON",
                    help="interpreter for neural_style.py, with torch and torchvision (default: this one)")
+    p.add_argument("--box", type=int, default=None, metavar="PX",
+                   help="tile size on the sheet (default: twice --size up to 256, enlarged pixel for pixel, so grain "
+                        "shows; else --size)")
     p.add_argument("--out-dir", default="compare_out", metavar="DIR", help="where sheets, table, runs go")
     p.add_argument("--timeout", type=int, default=2400,
                    help="seconds allowed per run (default 2400: neural-style-pt at 192 px x 200 took over 900 s "
@@ -395,7 +404,7 @@ def main(argv=None):
     check_inputs(args)
     sys.path.insert(0, args.minivgg_root)  # measure with the code that runs
     from minivgg.errors import MiniVGGError
-    from minivgg.image import load_image
+    from minivgg.image import load_image, resize_longest
     from minivgg.weights import read_weights
 
     try:
@@ -411,7 +420,6 @@ def main(argv=None):
         meter = Meter(arch, args.weights)
         extra = shlex.split(args.ours_args)
         ours_label = "minivgg defaults" + (f" + {args.ours_args}" if extra else "")
-        defaults = our_defaults(args.minivgg_root)
         wname = os.path.basename(args.weights)
         commit = git_commit(args.minivgg_root)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -429,6 +437,7 @@ def main(argv=None):
                 runs.append(("neural-style-pt", out, wall,
                              f"its defaults ({NSP_DEFAULTS})" + (f"; {reused}" if reused else "")))
                 out = stem + "_minivgg.png"
+                defaults = our_defaults(args.minivgg_root)  # just before: the code may be changing under us
                 wall, _ = run_ours(args, arch, c_path, s_path, iters, out, extra)
                 runs.append((ours_label, out, wall, f"{defaults}" + (f"; + {args.ours_args}" if extra else "")))
                 if args.mapped:
@@ -436,13 +445,13 @@ def main(argv=None):
                     from minivgg.image import size_for_longest
 
                     write_mean_image(meta, size_for_longest(content.shape, args.size), mean_png)
-                    flags = mapped_flags(content.shape, args.size, mean_png)
+                    flags = mapped_flags(content.shape, args.size, mean_png, our_help(args.minivgg_root))
                     out = stem + "_minivgg_mapped.png"
                     wall, _ = run_ours(args, arch, c_path, s_path, iters, out, flags)
                     shown = " ".join(f if f != mean_png else "MEAN.png" for f in flags)
                     runs.append(("minivgg, nsp settings", out, wall, shown))
-                tiles = [{"image": content, "caption": ["content", os.path.basename(c_path)]},
-                         {"image": style, "caption": ["style", os.path.basename(s_path)]}]
+                tiles = [{"image": resize_longest(content, args.size), "caption": ["content", os.path.basename(c_path)]},
+                         {"image": resize_longest(style, args.size), "caption": ["style", os.path.basename(s_path)]}]
                 for method, path, wall, settings in runs:
                     img = load_image(path)
                     row = {"pair": pair, "method": method, "iters": iters, "wall": wall, "shape": img.shape[:2],
@@ -456,7 +465,7 @@ def main(argv=None):
                         f"Lc {row['Lc_avg']:.3g}, Ls {row['Ls_avg']:.3g}"]})
                 sheet_rows.append((pair, tiles))
             path = os.path.join(args.out_dir, f"compare_{args.size}px_{iters}it.png")
-            make_sheet(path, sheet_rows, [
+            make_sheet(path, sheet_rows, box=args.box or (2 * args.size if args.size <= 256 else args.size), title=[
                 f"{arch} ({wname}), {args.size} px, {iters} L-BFGS iterations; {stamp}",
                 f"minivgg {commit} ({args.minivgg_root}); neural-style-pt {args.neural_style}, -gpu c",
                 "r: correlation of the 32x32 luminance of result and content; Lc, Ls: minivgg's losses, avg pool"])
