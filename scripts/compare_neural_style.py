@@ -17,12 +17,13 @@ For each pair (content, style) and each iteration count it runs
   cannot be translated).
 
 Every result is then measured the same way, by minivgg's own losses on the result image
-(the content and the style resized to the result's size, as minivgg's style command
-does): Lc = 1/2 sum (F - P)^2 at relu4_2 and Ls = the mean over relu1_1 ... relu5_1 of
-E_l = 1/(4 N^2 M^2) sum (G - A)^2, once with average pooling (minivgg's default net) and
-once with max pooling (neural-style-pt's); plus r, the correlation of the 32 x 32
-luminance of result and content (how much of the content's layout is kept: 1 = all of
-it), and the wall time of the subprocess.
+(``Meter``: the content resized to the result's size, the style to the result's longest
+side with its own aspect): Lc = 1/2 sum (F - P)^2 at relu4_2 and Ls = the mean over
+relu1_1 ... relu5_1 of E_l = 1/(4 N^2) sum (G/M - A/M_s)^2 (the paper's E_l, per
+position), once with average pooling (minivgg's default net) and once with max pooling
+(neural-style-pt's); plus r, the correlation of the 32 x 32 luminance of result and
+content (how much of the content's layout is kept: 1 = all of it), and the wall time
+of the subprocess (minivgg's after an untimed warm-up that compiles its kernels).
 
 The model file: neural-style-pt's CaffeLoader builds torchvision's VGG layout
 (``features.N`` = conv / ReLU / pool in order, ``classifier.0/3/6`` the fc layers),
@@ -287,7 +288,13 @@ def our_defaults(root):
 
 # --- measurement ------------------------------------------------------------------------
 class Meter:
-    """Lc, Ls (minivgg's losses) of a result, with the targets made at the result's size."""
+    """Lc and Ls of a result by minivgg's losses, the same way for every run.
+
+    The content is resized to the result's size. The style keeps its aspect ratio, its
+    longest side the result's (as neural-style-pt, and minivgg since it keeps aspects,
+    resize it); its Gram matrix A has M_s positions, not the result's M, so it is
+    compared per position: E_l = 1/(4 N^2) sum (G/M - A/M_s)^2, which is minivgg's
+    style_loss with the target A M/M_s, and the paper's E_l when M_s = M."""
 
     def __init__(self, arch, weights):
         from minivgg.vgg import load_vgg
@@ -296,19 +303,24 @@ class Meter:
 
     def losses(self, result, content, style):
         from minivgg import losses
-        from minivgg.image import resize
+        from minivgg.image import resize, resize_longest
 
         shape = result.shape[:2]
-        c, s = resize(content, shape), resize(style, shape)
+        c, s = resize(content, shape), resize_longest(style, max(shape))
         layers = [CONTENT_LAYER] + list(STYLE_LAYERS)
         out = {}
         for pool, net in self.nets.items():
             P = net.forward(net.preprocess(c), [CONTENT_LAYER])[CONTENT_LAYER].copy()
             fs = net.forward(net.preprocess(s), list(STYLE_LAYERS))
-            A = {l: losses.gram_matrix(fs[l]).copy() for l in STYLE_LAYERS}
+            A = {l: (losses.gram_matrix(fs[l]), fs[l].shape[2] * fs[l].shape[3]) for l in STYLE_LAYERS}
             f = net.forward(net.preprocess(result), layers)
             out[f"Lc_{pool}"] = losses.content_loss(f[CONTENT_LAYER], P)[0]
-            out[f"Ls_{pool}"] = float(np.mean([losses.style_loss(f[l], A[l])[0] for l in STYLE_LAYERS]))
+            es = []
+            for l in STYLE_LAYERS:
+                G_target, m_s = A[l]
+                m = f[l].shape[2] * f[l].shape[3]
+                es.append(losses.style_loss(f[l], G_target * np.float32(m / m_s))[0])
+            out[f"Ls_{pool}"] = float(np.mean(es))
         return out
 
 
@@ -514,7 +526,7 @@ def main(argv=None):
             make_sheet(path, sheet_rows, box=args.box or (2 * args.size if args.size <= 256 else args.size), title=[
                 f"{arch} ({wname}), {args.size} px, {iters} L-BFGS iterations; {stamp}",
                 f"minivgg {commit} ({args.minivgg_root}); neural-style-pt {args.neural_style}, -gpu c",
-                "r: correlation of the 32x32 luminance of result and content; Lc, Ls: minivgg's losses, avg pool"])
+                "r: correlation of the 32x32 luminance of result and content; Lc, Ls: minivgg's losses, avg pool, style per position"])
             sheets.append(path)
         text = table(results)
         header = (f"{stamp}; minivgg {commit}; {cpu_model()}, {os.cpu_count()} cores; weights {wname} ({arch})\n"
