@@ -32,7 +32,6 @@ import importlib
 import io
 import os
 import signal
-import stat
 import sys
 import tempfile
 import warnings
@@ -391,19 +390,9 @@ def input_paths(args):
 
 
 def _check_output_file(path, inputs, what):
-    from .weights import same_path
+    from .weights import check_output_path
 
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        st = None
-    except OSError as e:
-        raise MiniVGGError(f"{path}: cannot be used as {what} ({e.strerror or e})") from None
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        raise MiniVGGError(f"{path}: exists and is not a regular file; refusing to replace it with the {what}")
-    for p in inputs:
-        if same_path(path, p):
-            raise MiniVGGError(f"{path}: is also an input ({p}); writing the {what} there would destroy it")
+    check_output_path(path, inputs, what, folder_must_exist=False)  # the probe below says why
     folder = os.path.dirname(os.path.abspath(path))
     try:  # a real probe: as root, os.access says yes to /proc and read-only mounts
         fd, probe = tempfile.mkstemp(prefix=".minivgg-probe-", dir=folder)

@@ -320,26 +320,27 @@ def check_finite(a, where, label):
         raise MiniVGGError(f"{where}: {label}: weights contain NaN or infinity (corrupt file?)")
 
 
-def check_output_path(path, inputs=()):
+def check_output_path(path, inputs=(), what="output", folder_must_exist=True):
     """Refuse an output path that is not (or would not be) a regular file, or that is
-    one of ``inputs``: a converter never replaces a device node or its own input."""
+    one of ``inputs``: no command replaces a device node or one of its own inputs.
+    ``what`` names the output in the messages (e.g. "result image")."""
     path = os.fspath(path)
     try:
         st = os.stat(path)
     except FileNotFoundError:
         st = None
     except OSError as e:
-        raise MiniVGGError(f"{path}: cannot use as output ({e.strerror or e})") from None
+        raise MiniVGGError(f"{path}: cannot be used as the {what} ({e.strerror or e})") from None
     if st is not None and not stat.S_ISREG(st.st_mode):
-        raise MiniVGGError(f"{path}: exists and is not a regular file; refusing to replace it")
+        raise MiniVGGError(f"{path}: exists and is not a regular file; refusing to replace it with the {what}")
     for p in inputs:
         if p is None:
             continue
         if same_path(path, p):
-            raise MiniVGGError(f"{path}: is also an input ({p}); the output would overwrite the input")
+            raise MiniVGGError(f"{path}: is also an input ({p}); the {what} would overwrite the input")
     folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise MiniVGGError(f"{path}: the output directory does not exist")
+    if folder_must_exist and not os.path.isdir(folder):
+        raise MiniVGGError(f"{path}: the {what} directory does not exist")
     return path
 
 
