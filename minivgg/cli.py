@@ -748,7 +748,7 @@ again (--zoom-steps). The log's total is -1/2 sum F^2 (what is minimized)."""
 
 
 def add_dream_parser(sub):
-    from .methods.dream import DREAM_LAYER
+    from .methods.dream import DREAM_LAYER, DREAM_POOLING
 
     p = sub.add_parser("dream", help="DeepDream on a layer or one channel", description=DREAM_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -768,7 +768,7 @@ def add_dream_parser(sub):
     g.add_argument("--zoom-scale", type=bounded_float(0, 8, lo_open=True), default=1.05, help="zoom factor per step (default 1.05)")
     g.add_argument("--frames", action="store_true", help="also write every zoom frame OUT_STEM_frameNNN.EXT")
     g.add_argument("--seed", type=seed_int, default=0, help=f"random seed of the jitter, 0-{MAX_SEED} (default 0)")
-    add_net_options(p)
+    add_net_options(p, pooling=DREAM_POOLING)
     add_output_options(p, "dream.png")
     p.set_defaults(_run=run_dream, _graceful=True)
 

@@ -89,7 +89,7 @@ ALIASES = {
 # shallow layer sets, its plain steps can overshoot by orders of magnitude.
 DEFAULTS = {"size": 128, "iters": 100, "arch": "vgg19", "pooling": "avg", "seed": 0, "optimizer": "lbfgs",
             "init": "noise", "line_search": "strong_wolfe"}
-DREAM_DEFAULTS = {"iters": 10}
+DREAM_DEFAULTS = {"iters": 10, "pooling": "max"}  # dream on the pooling VGG was trained with
 # Which inputs each method needs (names of the --content/--style/--image options).
 NEEDS = {"style": ("content", "style"), "texture": ("source",), "invert": ("image",), "dream": ("image",)}
 

@@ -81,12 +81,23 @@ class Context:
         self.commit = commit()
         self.date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         self.timings = {}
+        self.nets = {}
 
-    def weights_line(self):
-        return (f"network {self.arch}, avg pooling, weights {os.path.basename(self.weights)} "
+    def net_with(self, pooling):
+        """The net with ``pooling`` (``self.net`` when it has that pooling), built once."""
+        from minivgg import load_vgg
+
+        if pooling == self.net.pooling:
+            return self.net
+        if pooling not in self.nets:
+            self.nets[pooling] = load_vgg(self.arch, weights=self.weights, pooling=pooling)
+        return self.nets[pooling]
+
+    def weights_line(self, pooling="avg"):
+        return (f"network {self.arch}, {pooling} pooling, weights {os.path.basename(self.weights)} "
                 f"(conv1_1 bias[0] = {self.fingerprint:.8f}: the ImageNet VGG-16, Caffe convention)"
                 if self.arch == "vgg16" else
-                f"network {self.arch}, avg pooling, weights {os.path.basename(self.weights)} "
+                f"network {self.arch}, {pooling} pooling, weights {os.path.basename(self.weights)} "
                 f"(conv1_1 bias[0] = {self.fingerprint:.8f})")
 
     def made_line(self):
@@ -279,29 +290,33 @@ def fig_style(ctx):
 
 def fig_dream(ctx):
     from minivgg.methods import dream
+    from minivgg.methods.dream import DREAM_LAYER, DREAM_POOLING
 
+    net = ctx.net_with(DREAM_POOLING)  # dream's default net: the pooling VGG was trained with
     size = setting("dream", "size", ctx.quick)
     img = ex.load_input(ctx.args.dream_image)
     low, high = ctx.args.dream_low, ctx.args.dream_high
     tiles = [ex.Tile(img, [f"{ctx.args.dream_image}", "original"], ex.FAINT)]
     r = None
-    for layer in (low, "relu4_2", high) if "relu4_2" not in (low, high) else (low, high):
-        r, sec = timed(dream, ctx.net, img, layer, size=size, seed=ctx.args.seed)
-        tiles.append(ex.Tile(r.image, [layer, f"{r.settings['octaves_used']} octaves x {r.settings['iters']} steps",
+    for layer in (low, DREAM_LAYER, high) if DREAM_LAYER not in (low, high) else (low, high):
+        r, sec = timed(dream, net, img, layer, size=size, seed=ctx.args.seed)
+        tiles.append(ex.Tile(r.image, [layer + (" (default)" if layer == DREAM_LAYER else ""),
+                                       f"{r.settings['octaves_used']} octaves x {r.settings['iters']} steps",
                                        f"{sec:.0f} s"]))
         print(f"  dream {layer}: {sec:.1f} s, {r.stopped}", flush=True)
     rows = [("dream:\nlow vs high\nlayer", tiles)]
     d = r.settings
     zsize, zsteps = setting("dream", "zoom_size", ctx.quick), setting("dream", "zoom_steps", ctx.quick)
-    r, sec = timed(dream, ctx.net, img, "relu4_2", size=zsize, zoom_steps=zsteps, seed=ctx.args.seed)
+    r, sec = timed(dream, net, img, DREAM_LAYER, size=zsize, zoom_steps=zsteps, seed=ctx.args.seed)
     print(f"  dream zoom {zsteps} steps: {sec:.1f} s, {r.stopped}", flush=True)
     picks = sorted(set(np.linspace(0, len(r.frames) - 1, min(5, len(r.frames))).round().astype(int).tolist()))
     ztiles = [ex.Tile(r.frames[i], [f"frame {i}" + (" (first dream)" if i == 0 else f" ({i} zooms)")])
               for i in picks]
-    rows.append((f"relu4_2 dreamed\non its own\noutput, zoom\n{r.settings['zoom_scale']} per frame", ztiles))
+    rows.append((f"{DREAM_LAYER} dreamed\non its own\noutput, zoom\n{r.settings['zoom_scale']} per frame", ztiles))
     title = [f"DeepDream, dream's defaults ({d['octaves']} octaves of {d['octave_scale']}, {d['iters']} steps each, "
              f"step {d['lr']} levels, jitter {d['jitter']}), size {size}; "
-             f"the zoom loop at size {zsize}, {zsteps} zooms ({sec:.0f} s)", ctx.weights_line(), ctx.made_line()]
+             f"the zoom loop at size {zsize}, {zsteps} zooms ({sec:.0f} s)", ctx.weights_line(DREAM_POOLING),
+             ctx.made_line()]
     sheet, _ = ex.contact_sheet(rows, box=min(256, ex.default_box(size)), title=title)
     return [save(ctx, f"dream_layers_{ctx.arch}.png", sheet)]
 

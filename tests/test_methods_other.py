@@ -70,6 +70,22 @@ def test_dream_one_channel_and_bad_channel(net, img):
         dream(net, img, "relu2_1", channel=500, iters=1)
 
 
+def test_dream_warns_on_average_pooling(net, img, capsys):
+    dream(net, img, "relu2_1", octaves=1, iters=1, jitter=0)  # the fixture's net: avg pooling
+    assert "trained with max pooling" in capsys.readouterr().err
+    max_net = load_vgg("vgg16", weights=random_weights("vgg16", seed=3), pooling="max", up_to="relu2_1")
+    dream(max_net, img, "relu2_1", octaves=1, iters=1, jitter=0)
+    assert "pooling" not in capsys.readouterr().err
+
+
+def test_cli_dream_defaults_to_max_pooling():
+    from minivgg.cli import build_parser
+    from minivgg.methods.dream import DREAM_LAYER, DREAM_POOLING
+
+    args = build_parser().parse_args(["dream", "--image", "a.png"])
+    assert (args.pooling, args.layer, DREAM_POOLING) == ("max", DREAM_LAYER, "max")
+
+
 def test_visualize_channel(net):
     r = visualize(net, "relu3_1", channel=2, size=32, iters=6, jitter=2)
     assert decreasing(r.history) and r.image.shape == (32, 32, 3)

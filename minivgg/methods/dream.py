@@ -13,6 +13,14 @@ the detail the ascent added at one octave is upsampled and added to the next.
 Zoom: after a dream, the centre is cropped by ``zoom_scale``, resized back and dreamed
 again, ``zoom_steps`` times; every dream is a frame.
 
+Defaults (docs/methods.md): the reference's own step (1.5 pixel levels, jitter 32, 4
+octaves of 1.4, 10 steps each) at ``relu4_3`` of a max-pooled net. The network must be
+the one that was trained: VGG was trained with max pooling, and the average pooling
+that suits style transfer (Gatys et al.) changes what the deep layers respond to: the
+ascent then grows saturated rainbow rings and streaks instead of eyes, faces and
+textures. The CLI loads a max-pooled net for ``dream``; this function warns when it is
+given an average-pooled one.
+
 Log rows: row i is the objective after i steps at the current octave's size
 (row 0 at the smallest octave's start); the value is taken at the jittered image the
 step used, and one final row at the unshifted result.
@@ -28,7 +36,8 @@ from ..errors import MiniVGGError
 from ..image import resize, resize_array, resize_longest, size_for_longest
 from .common import MethodResult, Objective, check_layers, ensure_memory, input_scale
 
-DREAM_LAYER = "relu4_2"
+DREAM_LAYER = "relu4_3"
+DREAM_POOLING = "max"  # the pooling VGG was trained with; avg gives rainbow rings (module docstring)
 MIN_OCTAVE_SIDE = 32
 
 
@@ -52,6 +61,10 @@ def dream(net, image, layer=DREAM_LAYER, *, channel=None, size=None, octaves=4, 
         raise MiniVGGError(f"zoom scale must be >= 1; got {zoom_scale}")
     if not lr > 0:
         raise MiniVGGError(f"step size must be positive; got {lr}")
+    if getattr(net, "pooling", DREAM_POOLING) != DREAM_POOLING:
+        sys.stderr.write(f"minivgg: warning: dream: the net uses {net.pooling} pooling; VGG was trained with "
+                         f"{DREAM_POOLING} pooling, and on {net.pooling} the dream grows rainbow rings instead of the "
+                         f"layer's patterns (load it with pooling={DREAM_POOLING!r}, or --pooling {DREAM_POOLING})\n")
     ensure_memory(net, size_for_longest(np.shape(image), size) if size else np.shape(image)[:2], layers)
     img = resize_longest(image, size) if size else np.asarray(image)
     used = octaves_that_fit(img.shape[:2], octaves, octave_scale)
