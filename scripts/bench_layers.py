@@ -25,7 +25,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from minivgg.cpu import isa, ops, winograd  # noqa: E402
+from minivgg.cpu import ops  # noqa: E402
+from minivgg.cpu.fast import isa, winograd  # noqa: E402
 from minivgg.vgg import conv_specs  # noqa: E402
 
 LAST = "conv5_1"

@@ -5,7 +5,7 @@ twin); the math and its derivation live with the layers in ``minivgg/layers``.
 Convolution: 3x3 stride-1 pad-1 float32 layers with at least ``WINOGRAD_MIN_CHANNELS``
 channels on the side the GEMM sums over, on maps of at least ``WINOGRAD_MIN_TILES`` 4x4
 tiles and ``WINOGRAD_MIN_WORK`` tiles x channels, go through Winograd F(4x4, 3x3)
-(``minivgg/cpu/winograd.py``, docs/winograd.md); everything else, and every layer when
+(``minivgg/cpu/fast/winograd.py``, docs/winograd.md); everything else, and every layer when
 ``MINIVGG_CONV=im2col``, is im2col (numba, parallel) + one GEMM per image (``gemm.py``).
 """
 
@@ -14,9 +14,9 @@ import os
 import numpy as np
 
 from ..errors import MiniVGGError
-from . import arena, fused, threads
+from .fast import arena, fused, threads
 from . import im2col as k
-from . import winograd
+from .fast import winograd
 
 # Below this many input channels (conv1_1: 3) the Winograd GEMMs are too thin to pay for
 # the transforms; im2col's single GEMM with K = 9 * C is faster there.
@@ -315,7 +315,7 @@ def compact_mask(y):
 def relu_forward(x):
     y = arena.empty(x.shape, x.dtype)
     if x.dtype == np.float32 and x.flags.c_contiguous:
-        fused.relu_forward(x, y)  # over minivgg's pool (cpu/threads.py: why not prange)
+        fused.relu_forward(x, y)  # over minivgg's pool (cpu/fast/threads.py: why not prange)
     else:
         k.relu_forward(x, y)
     return y

@@ -31,7 +31,7 @@ import contextlib
 import os
 import threading
 
-from ..errors import MiniVGGError
+from ...errors import MiniVGGError
 
 LEVELS = ("blas", "avx2", "avx512")  # lowest first
 _RANK = {name: r for r, name in enumerate(LEVELS)}

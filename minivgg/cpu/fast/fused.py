@@ -1,7 +1,7 @@
 """Element-wise and pooling kernels for VGG's fixed shapes, run over minivgg's thread pool.
 
 Each kernel is a nogil numba loop over a range [p0, p1) of planes (or of flat elements),
-and :mod:`minivgg.cpu.threads` runs one range per thread (see there why not ``prange``).
+and :mod:`minivgg.cpu.fast.threads` runs one range per thread (see there why not ``prange``).
 
 2x2 stride-2 average pooling (VGG's): each input pixel belongs to at most one window, so
 forward is one pass of pair sums and backward one pass of copies, contiguous along rows.
