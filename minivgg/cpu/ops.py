@@ -9,11 +9,9 @@ tiles and ``WINOGRAD_MIN_WORK`` tiles x channels, go through Winograd F(4x4, 3x3
 ``MINIVGG_CONV=im2col``, is im2col (numba, parallel) + one GEMM per image (``gemm.py``).
 """
 
-import os
-
 import numpy as np
 
-from ..errors import MiniVGGError
+from .. import options
 from .fast import arena, fused, threads
 from . import im2col as k
 from .fast import winograd
@@ -37,7 +35,7 @@ WINOGRAD_MIN_WORK = 2048
 
 def conv_algorithm():
     """``"winograd"`` (the default: Winograd where it applies) or ``"im2col"`` (always)."""
-    return "im2col" if os.environ.get("MINIVGG_CONV", "").lower() == "im2col" else "winograd"
+    return options.get("conv")
 
 
 def _winograd_applies(x, W, stride, pad, summed_channels):
@@ -77,10 +75,7 @@ WEIGHTS_MODES = ("auto", "keep", "large", "stream")
 
 def winograd_weights_mode():
     """``MINIVGG_WINOGRAD_WEIGHTS`` (``auto``, ``keep``, ``large`` or ``stream``; unset: ``auto``)."""
-    mode = os.environ.get("MINIVGG_WINOGRAD_WEIGHTS", "").strip().lower() or "auto"
-    if mode not in WEIGHTS_MODES:
-        raise MiniVGGError(f"MINIVGG_WINOGRAD_WEIGHTS={mode}: not a mode; use one of {', '.join(WEIGHTS_MODES)}")
-    return mode
+    return options.get("winograd_weights")
 
 
 def _streams(W, tiles):

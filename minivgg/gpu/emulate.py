@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import options
 from ..errors import MiniVGGError
 from .sources import kernel_names, kernel_source
 
@@ -55,12 +56,12 @@ def sanitizing():
     The process must then have the ASan runtime loaded first (``LD_PRELOAD``); the
     tests run such a process.
     """
-    return os.environ.get("MINIVGG_EMULATE_SANITIZE", "") not in ("", "0")
+    return options.get("emulate_sanitize")
 
 
 def cache_dir():
     """Where the compiled libraries live (created, private to this user)."""
-    d = os.environ.get("MINIVGG_EMULATE_CACHE")
+    d = options.get("emulate_cache")
     if d:
         d = Path(d)
         d.mkdir(parents=True, exist_ok=True)

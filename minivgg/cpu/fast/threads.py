@@ -23,25 +23,21 @@ nothing, so a net driven from another thread runs correctly but with BLAS's own 
 import contextlib
 import itertools
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ... import options, runtime
 from . import gemm as _gemm
 from .gemm import matmul as _gemm_matmul  # our kernel of the ISA level where it applies, else BLAS
 
-_POOL = None
-_POOL_PID = None
-_LOCK = threading.Lock()
 _BLAS = None
 
 
 def num_threads():
     """Threads the CPU kernels use: MINIVGG_NUM_THREADS, else the usable cores."""
-    env = os.environ.get("MINIVGG_NUM_THREADS")
-    if env:
-        return max(1, int(env))
+    n = options.get("num_threads")
+    if n:
+        return n
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
@@ -51,13 +47,9 @@ def num_threads():
 def pool():
     """The process-wide worker pool: one thread fewer than ``num_threads()``, the calling
     thread being the other (:func:`run`). Created on first use, and anew in a forked child,
-    which inherits the pool object but not its threads."""
-    global _POOL, _POOL_PID
-    with _LOCK:
-        if _POOL is None or _POOL_PID != os.getpid():
-            _POOL = ThreadPoolExecutor(max_workers=max(1, num_threads() - 1), thread_name_prefix="minivgg")
-            _POOL_PID = os.getpid()
-        return _POOL
+    which inherits the pool object but not its threads. Owned by the process's runtime
+    (``minivgg/runtime.py``), which reports it."""
+    return runtime.RUNTIME.pool(num_threads() - 1)
 
 
 def one_blas_thread():
