@@ -725,3 +725,30 @@ def test_im2col_backward_in_bands_matches_whole(monkeypatch, stride, pad, k):
     ref = direct_conv_backward_input((dy + e) * (y > 0), W) if (stride, pad, k) == (1, 1, 3) else None
     if ref is not None:
         assert rel(whole, ref) < 1e-5
+
+
+def test_docstring_matrices_are_the_codes():
+    """The B^T, G and A^T printed in winograd.py's docstring are BT, G and AT, and they compute
+    the 3x3 correlation of a 6x6 tile (points 0, 1, -1, 1/2, -2, infinity)."""
+    import re
+    from fractions import Fraction
+
+    rows = {"BT": [], "G": [], "AT": []}
+    for line in winograd.__doc__.splitlines():
+        groups = re.findall(r"\[([^\[\]]*)\]", line)
+        if len(groups) < 2 or not all(re.fullmatch(r"[\s\d/-]+", g) for g in groups):
+            continue
+        for name, g in zip(("BT", "G", "AT"), groups):
+            rows[name].append([float(Fraction(v)) for v in g.split()])
+    for name, M in (("BT", winograd.BT), ("G", winograd.G), ("AT", winograd.AT)):
+        np.testing.assert_allclose(np.array(rows[name]), M, rtol=0, atol=1e-15, err_msg=name)
+    rng = np.random.default_rng(3)
+    d, g = rng.standard_normal((6, 6)), rng.standard_normal((3, 3))
+    Y = winograd.AT @ ((winograd.G @ g @ winograd.G.T) * (winograd.BT @ d @ winograd.BT.T)) @ winograd.AT.T
+    direct = np.array([[np.sum(g * d[i:i + 3, j:j + 3]) for j in range(4)] for i in range(4)])
+    np.testing.assert_allclose(Y, direct, rtol=0, atol=1e-12)
+    points = [0, 1, -1, 0.5, -2]
+    for j, p_ in enumerate(points):  # A^T's columns are the powers of the points, G's rows scaled ones
+        np.testing.assert_allclose(winograd.AT[:, j], [1, p_, p_ ** 2, p_ ** 3])
+        r = winograd.G[j]
+        np.testing.assert_allclose(r / r[0], [1, p_, p_ ** 2])

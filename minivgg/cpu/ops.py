@@ -21,14 +21,11 @@ from .fast import winograd
 WINOGRAD_MIN_CHANNELS = 16
 # Winograd only where a map has at least WINOGRAD_MIN_TILES 4x4 output tiles and a layer at
 # least WINOGRAD_MIN_WORK of work per transformed weight (tiles per image x the channels
-# summed over). Below them (maps under 13x13: conv4_x / conv5_1 of thumbnails) im2col's
-# single GEMM is as fast or faster (ms forward / backward, one layer: 512 channels at 8x8,
-# im2col 1.5 / 1.2 vs Winograd 2.1 / 2.6; at 12x12 2.5 / 2.2 vs 2.1 / 2.6) and the 4x-larger
-# transformed weights would cost memory. Above them Winograd wins: 256 channels at 16x16
-# 1.5 / 1.1 vs 1.0 / 1.05, 128 at 16x16 1.0 / 0.6 vs 0.36 / 0.38, 64 at 32x32 0.8 / 0.55 vs
-# 0.34 / 0.33; a 64x64 iteration 0.029 -> 0.024 s for 32 MB more (conv2_1 and conv3_x;
-# the threshold was 8192 work and no tile minimum). conv5_1 at 256x256 (16 tiles x 512)
-# is Winograd: 2.6 + 2.6 ms against im2col's 4.3 + 3.8.
+# summed over). Below them (maps under 13x13: conv4_x / conv5_1 of thumbnails) the
+# transforms cost more than the multiplications they save, and im2col's single GEMM is as
+# fast or faster, while the 4x-larger transformed weights would cost memory; above them
+# Winograd wins (conv5_1 at 256x256, 16 tiles x 512 channels, included). The per-layer
+# timings that set these values: docs/benchmarks.md, "Thresholds and block sizes".
 WINOGRAD_MIN_TILES = 16
 WINOGRAD_MIN_WORK = 2048
 
@@ -67,7 +64,7 @@ def _winograd_applies(x, W, stride, pad, summed_channels):
 #   keep   every Winograd layer keeps U: the fastest;
 #   large  the layers of at least LARGE_PAIRS channels make U as they go on every map;
 #   stream every Winograd layer makes U as it goes: the least memory.
-# Measured (scripts/bench.py and alternated in one process; docs/winograd.md).
+# Measured (scripts/bench.py and alternated in one process; docs/benchmarks.md).
 LARGE_PAIRS = 512 * 512
 STREAM_TILES = 16
 WEIGHTS_MODES = ("auto", "keep", "large", "stream")

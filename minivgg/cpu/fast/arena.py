@@ -2,9 +2,9 @@
 
 An image optimization runs the same forward hundreds of times on arrays of the same
 shapes. Each pass allocating its activations afresh costs page faults and the kernel's
-zeroing of every new page (tens of ms an iteration at 256x256, more at 512), and the
-heap fragments. The net's arrays of a pass are dropped when the next pass starts (the
-layers' caches are cleared), so they can be handed out again instead.
+zeroing of every new page, and the heap fragments. The net's arrays of a pass are dropped
+when the next pass starts (the layers' caches are cleared), so they can be handed out
+again instead.
 
 Between passes the arena holds its arrays only weakly: what the layers' caches still
 keep when the next pass starts is taken back; what was let go earlier (``backward(

@@ -28,9 +28,9 @@ Every loop stores to compile-time row indices of arrays allocated here, so that 
 vectorises it; the results are copied out with one-stream loops. Every index inside a
 loop is the bare loop variable on a view (never base + j or 4 * j): numba wraps negative
 indices, and a computed index it cannot prove non-negative gets a per-element check that
-stops vectorisation (7x slower copies). Rows are split into their four phases (columns 4j +
+stops vectorisation (copies several times slower). Rows are split into their four phases (columns 4j +
 p) and woven back by simd.py's shuffles, which numba's stride-4 loops did not vectorise
-(input transform 8.8 -> 6.9 ns per tile and channel at 64 channels).
+(docs/benchmarks.md has the timings).
 """
 
 import numpy as np
@@ -282,7 +282,7 @@ def _output_transform_fwd(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand):
     Wd = y.shape[2]
     T = (ti1 - ti0) * tw
     # several tile rows of a channel as one run of tiles (small maps: a row is 4 - 16
-    # tiles, and loops that short cost 3 - 5x per tile; docs/winograd.md)
+    # tiles, and loops that short cost several times more per tile; docs/benchmarks.md)
     cr = max(1, min(ti1 - ti0, CHUNK_TILES // tw))
     L = cr * tw
     R = np.empty((4, 6, L), np.float32)
@@ -635,7 +635,7 @@ def _output_transform_bwd(M, b, relu, o0, o1, ti0, ti1, tw, y, krel, cand):
     Wd = y.shape[2]
     T = (ti1 - ti0) * tw
     # several tile rows of a channel as one run of tiles (small maps: a row is 4 - 16
-    # tiles, and loops that short cost 3 - 5x per tile; docs/winograd.md)
+    # tiles, and loops that short cost several times more per tile; docs/benchmarks.md)
     cr = max(1, min(ti1 - ti0, CHUNK_TILES // tw))
     L = cr * tw
     R = np.empty((4, 6, L), np.float32)
