@@ -19,7 +19,7 @@ MINIVGG_ISA                isa                 ``avx512``, ``avx2``, ``blas``: t
 MINIVGG_GEMM               gemm                ``ours`` or ``blas``: who runs the products;
                                                default: the level's choice (isa.GEMM_AT_LEVEL)
 MINIVGG_MALLOC             malloc              ``tuned`` (default: glibc's malloc keeps freed
-                                               blocks, cpu/fast/arena.py) or ``default``
+                                               blocks, minivgg/runtime.py) or ``default``
                                                (malloc left as it is)
 MINIVGG_HOME               home                the weights cache folder; default
                                                ``~/.cache/minivgg`` (weights.cache_dir)

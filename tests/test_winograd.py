@@ -752,3 +752,26 @@ def test_docstring_matrices_are_the_codes():
         np.testing.assert_allclose(winograd.AT[:, j], [1, p_, p_ ** 2, p_ ** 3])
         r = winograd.G[j]
         np.testing.assert_allclose(r / r[0], [1, p_, p_ ** 2])
+
+
+def test_relu_mask_and_banded_backward_match_the_references():
+    """fused.relu_mask is (y > 0) as uint8, and relu_backward_band one band of ReLU's backward,
+    with the mask or with y, with and without a second gradient: exactly the plain numpy."""
+    from minivgg.cpu import im2col as general
+    from minivgg.cpu.fast import fused
+
+    rng = np.random.default_rng(14)
+    y = np.maximum(rng.standard_normal((16, 5000)), 0).astype(np.float32)
+    mask = fused.relu_mask(y)
+    assert mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask, (y > 0).astype(np.uint8))
+    dy, e = (rng.standard_normal(y.shape).astype(np.float32) for _ in range(2))
+    full = np.empty_like(dy)
+    general.relu_backward(dy, y, full)
+    for m in (y, mask):
+        for extra in (None, e):
+            p0, p1 = 1000, 3500
+            out = np.empty((y.shape[0], p1 - p0), np.float32)
+            fused.relu_backward_band(dy, m, p0, p1, out, extra)
+            ref = full if extra is None else np.where(y > 0, dy + e, 0).astype(np.float32)
+            np.testing.assert_array_equal(out, ref[:, p0:p1])

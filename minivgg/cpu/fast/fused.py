@@ -15,7 +15,10 @@ the same order, in float64 as there, times 0.25, which is exact):
 as the general loop picks it (the first in row-major order; a NaN wins), backward puts dy
 there and zeros elsewhere; bit for bit the general loops' results.
 
-ReLU: y = max(x, 0); backward dx = dy * (y > 0).
+ReLU: y = max(x, 0); backward dx = dy * (y > 0) (or (dy + extra) * (y > 0)), with y or
+its uint8 mask (y > 0): exactly im2col.py's relu_forward / relu_backward. Bias: y += b per
+row (then ReLU), exactly numpy's y + b[:, None]. tests/test_winograd.py compares every
+kernel here with those references.
 """
 
 import numpy as np
