@@ -122,6 +122,9 @@ OPTIONS = (
 )
 BY_FIELD = {o.field: o for o in OPTIONS}
 VARIABLES = tuple(o.variable for o in OPTIONS)
+_VARIABLE = {o.field: o.variable for o in OPTIONS}
+_DEFAULT = {o.field: o.default for o in OPTIONS}
+_environ = os.environ
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,12 +176,12 @@ def _check(field, value):
 def get(field):
     """The value of one option now: the innermost open :func:`using` block's, else the
     environment variable's, else the default. An invalid variable raises MiniVGGError."""
-    for ov in reversed(_OVERRIDES):
-        if field in ov:
-            return ov[field]
-    o = BY_FIELD[field]
-    raw = os.environ.get(o.variable)
-    return o.default if raw is None else _parsed(field, raw)
+    if _OVERRIDES:
+        for ov in reversed(_OVERRIDES):
+            if field in ov:
+                return ov[field]
+    raw = _environ.get(_VARIABLE[field])  # the kernels ask on every product: kept short
+    return _DEFAULT[field] if raw is None else _parsed(field, raw)
 
 
 def source(field):
