@@ -116,15 +116,8 @@ def _caches():
     from .gpu import emulate
 
     out = {}
-    dirs = set()
-    warmup._cpu_modules()
-    for d in warmup.numba_dispatchers().values():
-        try:
-            dirs.add(d._cache._cache_path)  # numba internals: only to tell the user where it is
-        except AttributeError:
-            pass
     cached, n = warmup.cached_for_this_cpu()
-    out["numba"] = {"dirs": sorted(dirs), "kernels": n, "cached_for_this_cpu": cached}
+    out["numba"] = {"dirs": warmup.cache_dirs(), "kernels": n, "cached_for_this_cpu": cached}
     home = weights.cache_dir()
     files = []
     if os.path.isdir(home):

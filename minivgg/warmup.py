@@ -75,15 +75,23 @@ def _cpu_modules():
     from .cpu.fast import fused, gemm, simd, threads, winograd, winograd_codegen, winograd_kernels  # noqa: F401
 
 
-def cache_dir():
-    """Where numba caches minivgg's compiled kernels (None if it cannot be found out)."""
+def cache_dirs():
+    """The folders where numba caches minivgg's compiled kernels (one per source folder:
+    ``minivgg/cpu`` and ``minivgg/cpu/fast``, or their places under ``$NUMBA_CACHE_DIR``)."""
     _cpu_modules()
+    found = set()
     for d in numba_dispatchers().values():
         try:
-            return d._cache._cache_path  # numba internals: only to tell the user where it is
+            found.add(d._cache._cache_path)  # numba internals: only to tell the user where it is
         except AttributeError:
             continue
-    return None
+    return sorted(found)
+
+
+def cache_dir():
+    """Where numba caches minivgg's compiled kernels, for messages (the folders joined by
+    commas; None if it cannot be found out)."""
+    return ", ".join(cache_dirs()) or None
 
 
 # Kernels every CPU forward + backward calls, whichever GEMM (ours or BLAS) runs the
