@@ -59,8 +59,8 @@ def _winograd_applies(x, W, stride, pad, summed_channels):
 #   auto   (the default) as keep, except that a layer of at least LARGE_PAIRS input x output
 #          channels (VGG's 512 x 512: conv4_2 - conv4_4, conv5_x; U 32 MiB each) makes U as
 #          it goes on maps of at most STREAM_TILES 4x4 tiles (16x16: conv5_1 at 256x256),
-#          where making it costs least (the fewer tiles, the fewer times each block of U
-#          is made per use);
+#          where making it costs least (U is made anew for every band of tiles, and a
+#          small map is few bands);
 #   keep   every Winograd layer keeps U: the fastest;
 #   large  the layers of at least LARGE_PAIRS channels make U as they go on every map;
 #   stream every Winograd layer makes U as it goes: the least memory.
