@@ -4,7 +4,7 @@
 // float32 error (~1e-6 of the layer's scale) tie by chance; listing them (pool_tie_mark)
 // and summing their 9*C products again in double (conv3x3_relu_exact) makes the pool's
 // choice the one an exact computation makes. The CPU backend does the same
-// (minivgg/cpu/winograd.py, refine_pool_ties).
+// (minivgg/cpu/fast/winograd.py, refine_pool_ties).
 #include "common.cuh"
 
 // flag[idx] = 1 when y[idx] lies within tol[n] of the maximum of its 2x2 stride-2 window

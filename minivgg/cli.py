@@ -39,7 +39,7 @@ import warnings
 from .errors import MiniVGGError
 from .weights import describe as describe_weights
 
-EXTENSION_MODULES = ["minivgg.experiments", "minivgg.serve"]
+EXTENSION_MODULES = ["minivgg.experiments", "minivgg.serve", "minivgg.info"]
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 PROG = "minivgg"

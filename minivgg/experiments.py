@@ -32,6 +32,7 @@ import time
 
 import numpy as np
 
+from . import options
 from .errors import MiniVGGError
 
 # ------------------------------------------------------------------ the commands
@@ -371,10 +372,7 @@ def _limit_threads(n):
     """Keep ``n`` threads (numba, BLAS, minivgg's own pool) in this process, so that
     worker processes do not fight over the cores; returns a function that undoes it."""
     undo = []
-    env = os.environ.get("MINIVGG_NUM_THREADS")
-    os.environ["MINIVGG_NUM_THREADS"] = str(n)
-    undo.append(lambda: os.environ.__setitem__("MINIVGG_NUM_THREADS", env) if env is not None
-                else os.environ.pop("MINIVGG_NUM_THREADS", None))
+    undo.append(options.push(num_threads=n))
     try:
         import numba
 

@@ -41,9 +41,9 @@ def _as_matrices(F):
 def _matmul(xp, a, b, into=None):
     """a @ b, or into += a @ b; on the CPU split over minivgg's thread pool with
     single-threaded BLAS, so that no BLAS threads are left spinning beside the network's own
-    (minivgg/cpu/threads.py), and the sum made inside our GEMM (no temporary)."""
+    (minivgg/cpu/fast/threads.py), and the sum made inside our GEMM (no temporary)."""
     if xp is np:
-        from .cpu.threads import matmul
+        from .cpu.fast.threads import matmul
 
         return matmul(a, b, out=into, accumulate=into is not None)
     if into is None:
@@ -53,9 +53,9 @@ def _matmul(xp, a, b, into=None):
 
 
 def _gram(xp, Fm):
-    """Fm Fm^T per image; on the CPU the symmetric kernel (half the products, minivgg/cpu/gemm.py)."""
+    """Fm Fm^T per image; on the CPU the symmetric kernel (half the products, minivgg/cpu/fast/gemm.py)."""
     if xp is np:
-        from .cpu.threads import gram
+        from .cpu.fast.threads import gram
 
         return gram(Fm)
     return xp.matmul(Fm, Fm.transpose(0, 2, 1))

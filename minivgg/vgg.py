@@ -166,7 +166,7 @@ class Net:
         their work over minivgg's own pool, and BLAS threads left spinning after a
         multi-threaded call slowed the next layers by ~20% (cpu/threads.py)."""
         if self.device == "cpu":
-            from .cpu.threads import one_blas_thread
+            from .cpu.fast.threads import one_blas_thread
 
             return one_blas_thread()
         return contextlib.nullcontext()
@@ -176,7 +176,7 @@ class Net:
         pass's arrays back when nobody holds them any more (cpu/arena.py)."""
         if self.device == "cpu":
             if self._cpu_arena is None:
-                from .cpu.arena import Arena, keep_freed_memory
+                from .cpu.fast.arena import Arena, keep_freed_memory
 
                 keep_freed_memory()
                 self._cpu_arena = Arena()

@@ -9,8 +9,8 @@ writes what it compiled to its on-disk cache (the ``__pycache__`` folder next to
 sources, or ``$NUMBA_CACHE_DIR``) and later processes load it in a second or two. The
 cache is per processor model: numba's index is keyed by the target CPU's name and
 features (``NUMBA_CPU_NAME`` changes it), so a new machine, or a new target, compiles
-again. The kernels built on llvmlite intrinsics (``cpu/gemm.py``'s AVX-512 GEMM,
-``cpu/simd.py``'s shuffles) are cached like the others: the intrinsic's IR is compiled
+again. The kernels built on llvmlite intrinsics (``cpu/fast/gemm.py``'s AVX-512 GEMM,
+``cpu/fast/simd.py``'s shuffles) are cached like the others: the intrinsic's IR is compiled
 into the calling ``@njit`` function, and that function's object code is what is stored.
 
 :func:`warmup` runs, on random weights, each code path a run can take, at sizes small
@@ -71,18 +71,27 @@ def numba_dispatchers():
 
 def _cpu_modules():
     """Import every module holding CPU kernels, so that their dispatchers exist."""
-    from .cpu import fused, gemm, im2col, ops, simd, threads, winograd, winograd_codegen, winograd_kernels  # noqa: F401
+    from .cpu import im2col, ops  # noqa: F401
+    from .cpu.fast import fused, gemm, simd, threads, winograd, winograd_codegen, winograd_kernels  # noqa: F401
+
+
+def cache_dirs():
+    """The folders where numba caches minivgg's compiled kernels (one per source folder:
+    ``minivgg/cpu`` and ``minivgg/cpu/fast``, or their places under ``$NUMBA_CACHE_DIR``)."""
+    _cpu_modules()
+    found = set()
+    for d in numba_dispatchers().values():
+        try:
+            found.add(d._cache._cache_path)  # numba internals: only to tell the user where it is
+        except AttributeError:
+            continue
+    return sorted(found)
 
 
 def cache_dir():
-    """Where numba caches minivgg's compiled kernels (None if it cannot be found out)."""
-    _cpu_modules()
-    for d in numba_dispatchers().values():
-        try:
-            return d._cache._cache_path  # numba internals: only to tell the user where it is
-        except AttributeError:
-            continue
-    return None
+    """Where numba caches minivgg's compiled kernels, for messages (the folders joined by
+    commas; None if it cannot be found out)."""
+    return ", ".join(cache_dirs()) or None
 
 
 # Kernels every CPU forward + backward calls, whichever GEMM (ours or BLAS) runs the
@@ -91,9 +100,9 @@ def cache_dir():
 CORE_KERNELS = (
     "minivgg.cpu.im2col._im2col_rows",
     "minivgg.cpu.im2col._col2im_planes",
-    "minivgg.cpu.winograd_kernels._input_transform_fwd",
-    "minivgg.cpu.winograd_kernels._output_transform_fwd",
-    "minivgg.cpu.winograd_kernels._output_transform_bwd",
+    "minivgg.cpu.fast.winograd_kernels._input_transform_fwd",
+    "minivgg.cpu.fast.winograd_kernels._output_transform_fwd",
+    "minivgg.cpu.fast.winograd_kernels._output_transform_bwd",
 )
 
 

@@ -23,6 +23,7 @@ import threading
 
 import numpy as np
 
+from . import options
 from .errors import MiniVGGError
 
 # The input conventions of the published weights. ``mean``/``std`` are in the
@@ -443,7 +444,7 @@ def _attr_value(k, v, where):
 
 def cache_dir():
     """``$MINIVGG_HOME``, default ``~/.cache/minivgg``: where fetched/converted weights live."""
-    return os.environ.get("MINIVGG_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "minivgg")
+    return options.get("home") or os.path.join(os.path.expanduser("~"), ".cache", "minivgg")
 
 
 def default_weights_path(arch, classifier=False):
@@ -451,7 +452,7 @@ def default_weights_path(arch, classifier=False):
     file for ``arch`` in the cache (``<arch>-*.h5``, as ``weights_tools fetch`` names them;
     with ``classifier=True`` one converted with the classifier, ``*-fc.h5``, is preferred),
     else ``None`` (random weights)."""
-    env = os.environ.get("MINIVGG_WEIGHTS")
+    env = options.get("weights")
     if env:
         return env
     d = cache_dir()
@@ -485,7 +486,7 @@ def arch_for(weights=None):
     """The architecture to build when none is asked for: that of ``weights`` (a path) or of
     ``$MINIVGG_WEIGHTS``, else VGG-19 if converted VGG-19 weights are cached, else VGG-16
     if those are, else VGG-19 (random weights)."""
-    path = weights or os.environ.get("MINIVGG_WEIGHTS")
+    path = weights or options.get("weights")
     if path:
         return file_arch(path) or "vgg19"
     for arch in ARCH_PREFERENCE:
@@ -496,7 +497,7 @@ def arch_for(weights=None):
 
 def other_arch_hint(arch):
     """'' or a sentence naming the other architecture's cached weights and how to use them."""
-    if os.environ.get("MINIVGG_WEIGHTS"):
+    if options.get("weights"):
         return ""
     for other in ARCH_PREFERENCE:
         if other != arch:

@@ -22,7 +22,7 @@ cut there too).
     python scripts/bench.py --device gpu       # CuPy vs torch CUDA, when both are present
     python scripts/bench.py --in-process       # both in one process (peak memory not separable)
     python scripts/bench.py --gemm             # minivgg's GEMM kernels vs numpy's BLAS, one thread
-    python scripts/bench.py --isa avx2         # minivgg at a lower ISA level (minivgg/cpu/isa.py)
+    python scripts/bench.py --isa avx2         # minivgg at a lower ISA level (minivgg/cpu/fast/isa.py)
     python scripts/bench.py --isa avx2 --products ours   # with our AVX2 GEMM kernel, not BLAS
     NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES= python scripts/bench.py --isa avx2 --torch-capability avx2
                                                # an AVX2-only machine, as far as this host can be one
@@ -66,7 +66,7 @@ def _inputs(size, seed=0):
 def _minivgg_step(arch, size, device, level=None):
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     if level:  # (ISA level or None, products or None): this process's kernels for its whole life
-        from minivgg.cpu import isa
+        from minivgg.cpu.fast import isa
 
         isa.forced(level[0] or isa.level(), level[1]).__enter__()
     from minivgg import load_vgg
@@ -301,7 +301,7 @@ def bench_gemm(repeats, level=None):
     of numpy's BLAS, one thread each, interleaved."""
     from threadpoolctl import threadpool_limits
 
-    from minivgg.cpu import gemm, isa
+    from minivgg.cpu.fast import gemm, isa
 
     levels = [lv for lv in ("avx512", "avx2") if lv in isa.supported() and (level is None or lv == level)]
     rng = np.random.default_rng(0)
@@ -341,7 +341,8 @@ def kernels_report(arch, sizes):
     """Lines saying which kernels minivgg runs: the ISA level, the GEMM, and per size each
     conv layer's algorithm (ops.py's choice, forward / backward to the input)."""
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-    from minivgg.cpu import gemm, isa, ops
+    from minivgg.cpu import ops
+    from minivgg.cpu.fast import gemm, isa
     from minivgg.vgg import conv_specs
 
     k = gemm.kernel()
@@ -383,7 +384,7 @@ def main(argv=None):
                     help="ATEN_CPU_CAPABILITY for torch's worker (torch picks its own kernels otherwise)")
     args = ap.parse_args(argv)
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-    from minivgg.cpu import isa
+    from minivgg.cpu.fast import isa
 
     if args.isa and args.isa not in isa.supported():
         print(f"error: --isa {args.isa}: this host's level is {isa.host_level()} (it supports {', '.join(isa.supported())})",

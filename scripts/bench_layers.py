@@ -25,7 +25,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from minivgg.cpu import isa, ops, winograd  # noqa: E402
+from minivgg import options  # noqa: E402
+from minivgg.cpu import ops  # noqa: E402
+from minivgg.cpu.fast import isa, winograd  # noqa: E402
 from minivgg.vgg import conv_specs  # noqa: E402
 
 LAST = "conv5_1"
@@ -113,28 +115,13 @@ def main(argv=None):
 
 
 def _im2col_forward(x, W, b):
-    old = os.environ.get("MINIVGG_CONV")
-    os.environ["MINIVGG_CONV"] = "im2col"
-    try:
+    with options.using(conv="im2col"):
         return ops.conv2d_forward(x, W, b, 1, 1, {})[0]
-    finally:
-        _restore(old)
 
 
 def _im2col_backward(dy, cache):
-    old = os.environ.get("MINIVGG_CONV")
-    os.environ["MINIVGG_CONV"] = "im2col"
-    try:
+    with options.using(conv="im2col"):
         return ops.conv2d_backward(dy, cache, False)[0]
-    finally:
-        _restore(old)
-
-
-def _restore(old):
-    if old is None:
-        os.environ.pop("MINIVGG_CONV", None)
-    else:
-        os.environ["MINIVGG_CONV"] = old
 
 
 if __name__ == "__main__":

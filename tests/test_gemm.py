@@ -1,5 +1,5 @@
-"""minivgg/cpu/gemm.py: the register-blocked GEMM kernels against a float64 product, on
-every ISA level this host supports (minivgg/cpu/isa.py; the others are skipped, saying
+"""minivgg/cpu/fast/gemm.py: the register-blocked GEMM kernels against a float64 product, on
+every ISA level this host supports (minivgg/cpu/fast/isa.py; the others are skipped, saying
 why: run under ``NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=`` to be an AVX2-only host).
 
 Shapes cover every remainder the loop nests have (rows past the blocks of 8 or 6, 4, 2;
@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import as_strided
 
-from minivgg.cpu import gemm as G
-from minivgg.cpu import isa
+from minivgg.cpu.fast import gemm as G
+from minivgg.cpu.fast import isa
 
 
 def _levels(names):
@@ -236,7 +236,7 @@ def test_gram_matches_float64_and_is_symmetric(level, C, K):
     copied), within the bounds of the module docstring (Gram: F >= 0.01, no cancellation,
     each entry's sum split over the lanes and the K chunks, or BLAS's own order) and no worse
     than twice numpy's F F^T."""
-    from minivgg.cpu.threads import gram
+    from minivgg.cpu.fast.threads import gram
 
     rng = np.random.default_rng(C * 7 + K)
     # two images, rows 8 floats apart from the next row's start beyond K: a strided view

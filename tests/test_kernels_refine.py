@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from minivgg.cpu import ops as cpu_ops
-from minivgg.cpu.winograd import POOL_TIE_BELOW
+from minivgg.cpu.fast.winograd import POOL_TIE_BELOW
 from minivgg.gpu import get_ops
 from test_kernels_layers import CONFIGS, conv_ref
 

@@ -333,7 +333,7 @@ def test_bad_input_raises_project_error():
 
 
 def test_net_leaves_blas_threads_as_it_found_them():
-    """forward/backward keep numpy's BLAS single-threaded inside (cpu/threads.py) and
+    """forward/backward keep numpy's BLAS single-threaded inside (cpu/fast/threads.py) and
     restore the caller's setting after, also when a pass fails."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
     from minivgg.vgg import random_weights
@@ -357,14 +357,14 @@ def test_net_leaves_blas_threads_as_it_found_them():
         net.forward(np.zeros((1, 3, 4, 4), np.float32), ["pool5"])
     assert unchanged(before)
     # and it is a real check: inside a pass the limit is 1
-    from minivgg.cpu.threads import one_blas_thread
+    from minivgg.cpu.fast.threads import one_blas_thread
 
     with one_blas_thread():
         assert not unchanged(before) or max(before.values()) == 1
 
 
 def test_forward_reuses_its_arrays_only_when_nobody_holds_them():
-    """cpu/arena.py: a pass takes back the previous pass's arrays, but never one a caller
+    """cpu/fast/arena.py: a pass takes back the previous pass's arrays, but never one a caller
     still holds (directly or through a view), and the results do not depend on it."""
     net = load_vgg("vgg16", weights=random_weights("vgg16", seed=0))
     rng = np.random.default_rng(1)
@@ -513,7 +513,7 @@ def test_malloc_keeps_freed_memory_for_the_next_iteration():
     import resource
     import sys
 
-    from minivgg.cpu.arena import keep_freed_memory
+    from minivgg.cpu.fast.arena import keep_freed_memory
 
     if not sys.platform.startswith("linux") or not keep_freed_memory():
         pytest.skip("malloc tuning applies to glibc only")

@@ -1,9 +1,9 @@
-"""Winograd F(4x4, 3x3) (minivgg/cpu/winograd.py) against a plain direct convolution.
+"""Winograd F(4x4, 3x3) (minivgg/cpu/fast/winograd.py) against a plain direct convolution.
 
 The reference is the definition, y[o,i,j] = b[o] + sum_{c,a,e} W[o,c,a,e] xp[c,i+a,j+e],
 in float64 numpy; sizes are odd on purpose (maps not multiples of the 4x4 tile, several
 bands, a batch of two). The tests whose products go through gemm.py run on every ISA level
-this host supports (minivgg/cpu/isa.py: avx512, avx2, blas; a level the host lacks is
+this host supports (minivgg/cpu/fast/isa.py: avx512, avx2, blas; a level the host lacks is
 skipped, saying why), with the same bounds on each: the products' float32 error (at most
 KB + K/KB roundings per output on every level, tests/test_gemm.py) is far below the
 transforms' (docs/winograd.md: 1.2e-6 - 2.6e-6 per layer), which the bounds are set by."""
@@ -11,7 +11,8 @@ transforms' (docs/winograd.md: 1.2e-6 - 2.6e-6 per layer), which the bounds are 
 import numpy as np
 import pytest
 
-from minivgg.cpu import isa, ops, winograd
+from minivgg.cpu import ops
+from minivgg.cpu.fast import isa, winograd
 
 
 def _levels(names):
@@ -86,7 +87,7 @@ def test_phase_shuffles_split_and_weave_rows(n):
     and each value twice, scaled (the average pool's backward)."""
     from numba import njit
 
-    from minivgg.cpu.simd import _deinterleave4, _interleave4, _repeat2
+    from minivgg.cpu.fast.simd import _deinterleave4, _interleave4, _repeat2
 
     @njit
     def split(src, so, dst, do, ldd, n):
@@ -125,11 +126,11 @@ def test_phase_shuffles_split_and_weave_rows(n):
 def test_generated_kernels_are_up_to_date():
     import os
 
-    from minivgg.cpu import winograd_codegen
+    from minivgg.cpu.fast import winograd_codegen
 
     path = os.path.join(os.path.dirname(winograd.__file__), "winograd_kernels.py")
     with open(path) as f:
-        assert f.read() == winograd_codegen.generate(winograd.ALGORITHMS, winograd.G), "run python -m minivgg.cpu.winograd_codegen"
+        assert f.read() == winograd_codegen.generate(winograd.ALGORITHMS, winograd.G), "run python -m minivgg.cpu.fast.winograd_codegen"
 
 
 @pytest.mark.parametrize("level", ALL_LEVELS, indirect=True)
@@ -300,7 +301,7 @@ def test_streamed_weights_match_kept_ones(level):
     within Winograd's documented 3e-6 of the direct convolution: forward with ReLU, backward with mask,
     extra and a folded pool, bands and whole maps, 1-3 threads (the whole map's output channels in one to
     three shares), on each level (gemm.py's kernels, numpy's BLAS); and its kernel makes U itself."""
-    from minivgg.cpu.winograd_kernels import _weight_rows
+    from minivgg.cpu.fast.winograd_kernels import _weight_rows
 
     rng = np.random.default_rng(8)
     W = he_weights(rng, 24, 40)
@@ -476,7 +477,7 @@ def test_unknown_weights_mode_is_a_clear_error(monkeypatch):
 @pytest.mark.parametrize("shape", [(2, 3, 7, 9), (1, 4, 8, 6), (1, 2, 2, 3)])
 def test_avg_pool2x2_kernels_match_the_general_loops(shape):
     """fused.avg_pool2x2_* give exactly what the general k x k / stride s loops give."""
-    from minivgg.cpu import fused
+    from minivgg.cpu.fast import fused
     from minivgg.cpu import im2col as general
 
     rng = np.random.default_rng(8)
@@ -497,7 +498,7 @@ def test_avg_pool2x2_kernels_match_the_general_loops(shape):
 def test_max_pool2x2_kernels_match_the_general_loops(shape):
     """fused.max_pool2x2_* give exactly what the general k x k / stride s loops give,
     ties (first maximum) and NaNs included."""
-    from minivgg.cpu import fused
+    from minivgg.cpu.fast import fused
     from minivgg.cpu import im2col as general
 
     rng = np.random.default_rng(9)
@@ -546,7 +547,7 @@ def test_fused_conv_relu_ops_match_the_separate_ops(monkeypatch):
 
 
 def test_relu_kernels_over_the_pool():
-    from minivgg.cpu import fused
+    from minivgg.cpu.fast import fused
 
     rng = np.random.default_rng(10)
     for n in (7, 300001):  # one piece, and several pieces over the pool
@@ -564,7 +565,7 @@ def test_relu_kernels_over_the_pool():
 
 
 def test_bias_forward_over_the_pool():
-    from minivgg.cpu import fused
+    from minivgg.cpu.fast import fused
 
     rng = np.random.default_rng(12)
     for shape in ((3, 7), (64, 70000)):  # one piece, and several over the pool
@@ -578,7 +579,7 @@ def test_bias_forward_over_the_pool():
 
 
 def test_threads_matmul():
-    from minivgg.cpu import threads
+    from minivgg.cpu.fast import threads
 
     rng = np.random.default_rng(11)
     F = rng.standard_normal((2, 40, 300)).astype(np.float32)
@@ -638,7 +639,7 @@ def test_pool_works_in_a_forked_child():
     """A child forked after the pool started gets a pool of its own (not the parent's dead one)."""
     import multiprocessing as mp
 
-    from minivgg.cpu import threads
+    from minivgg.cpu.fast import threads
 
     threads.parallel_range(lambda a, b: None, 4, threads=2)  # start the parent's pool
     if "fork" not in mp.get_all_start_methods():
@@ -724,3 +725,53 @@ def test_im2col_backward_in_bands_matches_whole(monkeypatch, stride, pad, k):
     ref = direct_conv_backward_input((dy + e) * (y > 0), W) if (stride, pad, k) == (1, 1, 3) else None
     if ref is not None:
         assert rel(whole, ref) < 1e-5
+
+
+def test_docstring_matrices_are_the_codes():
+    """The B^T, G and A^T printed in winograd.py's docstring are BT, G and AT, and they compute
+    the 3x3 correlation of a 6x6 tile (points 0, 1, -1, 1/2, -2, infinity)."""
+    import re
+    from fractions import Fraction
+
+    rows = {"BT": [], "G": [], "AT": []}
+    for line in winograd.__doc__.splitlines():
+        groups = re.findall(r"\[([^\[\]]*)\]", line)
+        if len(groups) < 2 or not all(re.fullmatch(r"[\s\d/-]+", g) for g in groups):
+            continue
+        for name, g in zip(("BT", "G", "AT"), groups):
+            rows[name].append([float(Fraction(v)) for v in g.split()])
+    for name, M in (("BT", winograd.BT), ("G", winograd.G), ("AT", winograd.AT)):
+        np.testing.assert_allclose(np.array(rows[name]), M, rtol=0, atol=1e-15, err_msg=name)
+    rng = np.random.default_rng(3)
+    d, g = rng.standard_normal((6, 6)), rng.standard_normal((3, 3))
+    Y = winograd.AT @ ((winograd.G @ g @ winograd.G.T) * (winograd.BT @ d @ winograd.BT.T)) @ winograd.AT.T
+    direct = np.array([[np.sum(g * d[i:i + 3, j:j + 3]) for j in range(4)] for i in range(4)])
+    np.testing.assert_allclose(Y, direct, rtol=0, atol=1e-12)
+    points = [0, 1, -1, 0.5, -2]
+    for j, p_ in enumerate(points):  # A^T's columns are the powers of the points, G's rows scaled ones
+        np.testing.assert_allclose(winograd.AT[:, j], [1, p_, p_ ** 2, p_ ** 3])
+        r = winograd.G[j]
+        np.testing.assert_allclose(r / r[0], [1, p_, p_ ** 2])
+
+
+def test_relu_mask_and_banded_backward_match_the_references():
+    """fused.relu_mask is (y > 0) as uint8, and relu_backward_band one band of ReLU's backward,
+    with the mask or with y, with and without a second gradient: exactly the plain numpy."""
+    from minivgg.cpu import im2col as general
+    from minivgg.cpu.fast import fused
+
+    rng = np.random.default_rng(14)
+    y = np.maximum(rng.standard_normal((16, 5000)), 0).astype(np.float32)
+    mask = fused.relu_mask(y)
+    assert mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask, (y > 0).astype(np.uint8))
+    dy, e = (rng.standard_normal(y.shape).astype(np.float32) for _ in range(2))
+    full = np.empty_like(dy)
+    general.relu_backward(dy, y, full)
+    for m in (y, mask):
+        for extra in (None, e):
+            p0, p1 = 1000, 3500
+            out = np.empty((y.shape[0], p1 - p0), np.float32)
+            fused.relu_backward_band(dy, m, p0, p1, out, extra)
+            ref = full if extra is None else np.where(y > 0, dy + e, 0).astype(np.float32)
+            np.testing.assert_array_equal(out, ref[:, p0:p1])

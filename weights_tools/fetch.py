@@ -20,6 +20,7 @@ import re
 import urllib.error
 import urllib.request
 
+from minivgg import options
 from minivgg import weights as mw
 from minivgg.errors import MiniVGGError
 
@@ -116,7 +117,7 @@ def fetch(name, dest_dir=None, keep_classifier=False, base_url=None, url=None, m
         if m and "md5" not in entry and "sha256" not in entry:
             entry["sha256_prefix"] = m.group(1)
     else:
-        base = base_url if base_url is not None else os.environ.get("MINIVGG_FETCH_BASE")
+        base = base_url if base_url is not None else options.get("fetch_base")
         urls = [base.rstrip("/") + "/" + entry["file"]] if base else entry["urls"]
     dest_dir = dest_dir or mw.cache_dir()
     out = os.path.join(dest_dir, output_name(name, keep_classifier))

@@ -1,1 +1,3 @@
-"""CPU kernels: numba loops for the data movement; the GEMMs in our own AVX-512 kernel (gemm.py) or numpy's BLAS."""
+"""CPU kernels: plain numba loops for the data movement (``im2col.py``: im2col, col2im,
+pooling, ReLU) and the backend's ops (``ops.py``); the fast path (Winograd, our GEMM, the
+fused element-wise kernels, the thread pool and the arena) in ``fast/``."""

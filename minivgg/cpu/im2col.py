@@ -10,7 +10,7 @@ the same element).
 
 from numba import njit, prange
 
-from .threads import parallel_range
+from .fast.threads import parallel_range
 
 
 @njit(nogil=True, cache=True)
@@ -53,7 +53,7 @@ def _im2col_rows(r0, r1, x, kh, kw, stride, pad, Ho, Wo, out):
 
 def im2col(x, kh, kw, stride, pad, Ho, Wo, out):
     """Fill ``out`` (C*kh*kw, Ho*Wo) with the patches of ``x`` (C, H, W); zero padding.
-    Rows are split over minivgg's thread pool (cpu/threads.py: why not prange)."""
+    Rows are split over minivgg's thread pool (cpu/fast/threads.py: why not prange)."""
     parallel_range(_im2col_rows, out.shape[0], x, kh, kw, stride, pad, Ho, Wo, out,
                    min_per_thread=max(1, (1 << 15) // max(1, out.shape[1])))
 

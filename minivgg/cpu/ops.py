@@ -5,39 +5,34 @@ twin); the math and its derivation live with the layers in ``minivgg/layers``.
 Convolution: 3x3 stride-1 pad-1 float32 layers with at least ``WINOGRAD_MIN_CHANNELS``
 channels on the side the GEMM sums over, on maps of at least ``WINOGRAD_MIN_TILES`` 4x4
 tiles and ``WINOGRAD_MIN_WORK`` tiles x channels, go through Winograd F(4x4, 3x3)
-(``minivgg/cpu/winograd.py``, docs/winograd.md); everything else, and every layer when
+(``minivgg/cpu/fast/winograd.py``, docs/winograd.md); everything else, and every layer when
 ``MINIVGG_CONV=im2col``, is im2col (numba, parallel) + one GEMM per image (``gemm.py``).
 """
 
-import os
-
 import numpy as np
 
-from ..errors import MiniVGGError
-from . import arena, fused, threads
+from .. import options
+from .fast import arena, fused, threads
 from . import im2col as k
-from . import winograd
+from .fast import winograd
 
 # Below this many input channels (conv1_1: 3) the Winograd GEMMs are too thin to pay for
 # the transforms; im2col's single GEMM with K = 9 * C is faster there.
 WINOGRAD_MIN_CHANNELS = 16
 # Winograd only where a map has at least WINOGRAD_MIN_TILES 4x4 output tiles and a layer at
 # least WINOGRAD_MIN_WORK of work per transformed weight (tiles per image x the channels
-# summed over). Below them (maps under 13x13: conv4_x / conv5_1 of thumbnails) im2col's
-# single GEMM is as fast or faster (ms forward / backward, one layer: 512 channels at 8x8,
-# im2col 1.5 / 1.2 vs Winograd 2.1 / 2.6; at 12x12 2.5 / 2.2 vs 2.1 / 2.6) and the 4x-larger
-# transformed weights would cost memory. Above them Winograd wins: 256 channels at 16x16
-# 1.5 / 1.1 vs 1.0 / 1.05, 128 at 16x16 1.0 / 0.6 vs 0.36 / 0.38, 64 at 32x32 0.8 / 0.55 vs
-# 0.34 / 0.33; a 64x64 iteration 0.029 -> 0.024 s for 32 MB more (conv2_1 and conv3_x;
-# the threshold was 8192 work and no tile minimum). conv5_1 at 256x256 (16 tiles x 512)
-# is Winograd: 2.6 + 2.6 ms against im2col's 4.3 + 3.8.
+# summed over). Below them (maps under 13x13: conv4_x / conv5_1 of thumbnails) the
+# transforms cost more than the multiplications they save, and im2col's single GEMM is as
+# fast or faster, while the 4x-larger transformed weights would cost memory; above them
+# Winograd wins (conv5_1 at 256x256, 16 tiles x 512 channels, included). The per-layer
+# timings that set these values: docs/benchmarks.md, "Thresholds and block sizes".
 WINOGRAD_MIN_TILES = 16
 WINOGRAD_MIN_WORK = 2048
 
 
 def conv_algorithm():
     """``"winograd"`` (the default: Winograd where it applies) or ``"im2col"`` (always)."""
-    return "im2col" if os.environ.get("MINIVGG_CONV", "").lower() == "im2col" else "winograd"
+    return options.get("conv")
 
 
 def _winograd_applies(x, W, stride, pad, summed_channels):
@@ -64,12 +59,12 @@ def _winograd_applies(x, W, stride, pad, summed_channels):
 #   auto   (the default) as keep, except that a layer of at least LARGE_PAIRS input x output
 #          channels (VGG's 512 x 512: conv4_2 - conv4_4, conv5_x; U 32 MiB each) makes U as
 #          it goes on maps of at most STREAM_TILES 4x4 tiles (16x16: conv5_1 at 256x256),
-#          where that costs least (+0.7 - 0.9 ms forward and backward against +1.2 - 1.4 at
-#          32x32 and +2.4 at 64x64, one layer alternated in one process);
+#          where making it costs least (U is made anew for every band of tiles, and a
+#          small map is few bands);
 #   keep   every Winograd layer keeps U: the fastest;
 #   large  the layers of at least LARGE_PAIRS channels make U as they go on every map;
 #   stream every Winograd layer makes U as it goes: the least memory.
-# Measured (scripts/bench.py and alternated in one process; docs/winograd.md).
+# Measured (scripts/bench.py and alternated in one process; docs/benchmarks.md).
 LARGE_PAIRS = 512 * 512
 STREAM_TILES = 16
 WEIGHTS_MODES = ("auto", "keep", "large", "stream")
@@ -77,10 +72,7 @@ WEIGHTS_MODES = ("auto", "keep", "large", "stream")
 
 def winograd_weights_mode():
     """``MINIVGG_WINOGRAD_WEIGHTS`` (``auto``, ``keep``, ``large`` or ``stream``; unset: ``auto``)."""
-    mode = os.environ.get("MINIVGG_WINOGRAD_WEIGHTS", "").strip().lower() or "auto"
-    if mode not in WEIGHTS_MODES:
-        raise MiniVGGError(f"MINIVGG_WINOGRAD_WEIGHTS={mode}: not a mode; use one of {', '.join(WEIGHTS_MODES)}")
-    return mode
+    return options.get("winograd_weights")
 
 
 def _streams(W, tiles):
@@ -315,7 +307,7 @@ def compact_mask(y):
 def relu_forward(x):
     y = arena.empty(x.shape, x.dtype)
     if x.dtype == np.float32 and x.flags.c_contiguous:
-        fused.relu_forward(x, y)  # over minivgg's pool (cpu/threads.py: why not prange)
+        fused.relu_forward(x, y)  # over minivgg's pool (cpu/fast/threads.py: why not prange)
     else:
         k.relu_forward(x, y)
     return y

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import options
 from ..errors import MiniVGGError
 from .sources import kernel_names, kernel_source
 
@@ -55,18 +56,25 @@ def sanitizing():
     The process must then have the ASan runtime loaded first (``LD_PRELOAD``); the
     tests run such a process.
     """
-    return os.environ.get("MINIVGG_EMULATE_SANITIZE", "") not in ("", "0")
+    return options.get("emulate_sanitize")
+
+
+def cache_path():
+    """Where the compiled libraries live (MINIVGG_EMULATE_CACHE, else a folder of this user's
+    in the temp dir), without creating it."""
+    d = options.get("emulate_cache")
+    if d:
+        return Path(d)
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return Path(tempfile.gettempdir()) / f"minivgg-emulate-{uid}"
 
 
 def cache_dir():
     """Where the compiled libraries live (created, private to this user)."""
-    d = os.environ.get("MINIVGG_EMULATE_CACHE")
-    if d:
-        d = Path(d)
+    d = cache_path()
+    if options.get("emulate_cache"):
         d.mkdir(parents=True, exist_ok=True)
         return d
-    uid = os.getuid() if hasattr(os, "getuid") else "user"
-    d = Path(tempfile.gettempdir()) / f"minivgg-emulate-{uid}"
     d.mkdir(mode=0o700, exist_ok=True)
     if hasattr(os, "getuid"):
         # we dlopen what is in there: refuse a folder someone else owns or can write to

@@ -154,7 +154,7 @@ class KernelOps:
         return y, cache
 
     def _refine_pool_ties(self, x, W, b, y):
-        from ..cpu.winograd import POOL_TIE_BELOW
+        from ..cpu.fast.winograd import POOL_TIE_BELOW
 
         xp = self.xp
         N, F, H, Wd = y.shape

@@ -12,11 +12,11 @@ so NVRTC needs no include path and CuPy's compile cache (keyed by the source tex
 sees a change to the header.
 """
 
-import os
 import re
 from functools import lru_cache
 from pathlib import Path
 
+from .. import options
 from ..errors import MiniVGGError
 
 COMMON_HEADER = "common.cuh"
@@ -26,7 +26,7 @@ _KERNEL = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
 
 def kernels_dir():
     """The folder holding ``*.cu`` and ``common.cuh``."""
-    env = os.environ.get("MINIVGG_KERNELS_DIR")
+    env = options.get("kernels_dir")
     here = Path(__file__).resolve().parent
     candidates = [Path(env)] if env else []
     candidates += [here.parent / "kernels", here.parents[1] / "kernels"]

@@ -24,14 +24,15 @@ tested on an AVX-512 one.
 ``MINIVGG_ISA=avx512|avx2|blas`` asks for a level at or below the host's (a higher one is a
 MiniVGGError naming the variable and the host's level). :func:`forced` sets the level (and
 the GEMM choice) inside a ``with`` block, for tests that run every supported level in one
-process. The environment is read here and nowhere else.
+process. The variables are read by minivgg/options.py (``options.using(isa=...)`` sets them
+for a block of code too).
 """
 
 import contextlib
-import os
 import threading
 
-from ..errors import MiniVGGError
+from ... import options
+from ...errors import MiniVGGError
 
 LEVELS = ("blas", "avx2", "avx512")  # lowest first
 _RANK = {name: r for r, name in enumerate(LEVELS)}
@@ -120,8 +121,8 @@ def _check(name, source):
 
 def requested():
     """The level the environment asks for (MINIVGG_ISA), else None."""
-    isa = os.environ.get("MINIVGG_ISA", "").strip().lower()
-    return _check(isa, "MINIVGG_ISA") if isa else None
+    isa = options.get("isa")
+    return _check(isa, options.origin("isa")) if isa else None
 
 
 def level():
@@ -147,9 +148,9 @@ def gemm_choice():
     lvl = level()
     if _FORCED and _FORCED[-1][1] is not None:
         return _FORCED[-1][1]
-    env = os.environ.get("MINIVGG_GEMM", "").strip().lower()
-    if env:
-        return _check_gemm(env, lvl, "MINIVGG_GEMM")
+    choice = options.get("gemm")
+    if choice:
+        return _check_gemm(choice, lvl, options.origin("gemm"))
     return GEMM_AT_LEVEL[lvl]
 
 

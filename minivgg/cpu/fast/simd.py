@@ -4,6 +4,9 @@
 p < 4, j < n: a row split into its four phases (the Winograd input transform's tiles start
 every 4 columns). numba's loop over j with four stride-4 loads stays scalar; here each
 4 LANES floats are four vector loads, twelve shuffles and four vector stores.
+
+Reference: the plain index loops written above each intrinsic's contract; the shuffles
+equal them exactly (tests/test_winograd.py, on every ISA level the host has).
 """
 
 from llvmlite import ir

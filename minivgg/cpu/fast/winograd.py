@@ -4,14 +4,21 @@ A 3x3 correlation producing a 4x4 output tile from a 6x6 input tile d is
 
     Y = A^T [ (G g G^T) (.) (B^T d B) ] A                        (Lavin & Gray 2016)
 
-with (.) the element-wise product and, for the interpolation points 0, 1, -1, 2, -2, inf,
+with (.) the element-wise product and, for the interpolation points 0, 1, -1, 1/2, -2 and
+infinity (the matrices below are BT, G and AT of this module; tests/test_winograd.py checks
+that they are the same and that they compute the correlation):
 
-    B^T = [[4,  0, -5,  0, 1, 0],      G = [[ 1/4,     0,    0],     A^T = [[1, 1,  1, 1,  1, 0],
-           [0, -4, -4,  1, 1, 0],           [-1/6,  -1/6, -1/6],            [0, 1, -1, 2, -2, 0],
-           [0,  4, -4, -1, 1, 0],           [-1/6,   1/6, -1/6],            [0, 1,  1, 4,  4, 0],
-           [0, -2, -1,  2, 1, 0],           [1/24,  1/12,  1/6],            [0, 1, -1, 8, -8, 1]]
-           [0,  2, -1, -2, 1, 0],           [1/24, -1/12,  1/6],
-           [0,  4,  0, -5, 0, 1]]           [   0,     0,    1]]
+    B^T = [ 1  -3/2  -2   3/2  1  0 ]     G = [    1      0     0  ]     A^T = [ 1  1   1   1    1  0 ]
+          [ 0  -1   1/2   5/2  1  0 ]         [  1/3    1/3   1/3  ]           [ 0  1  -1  1/2  -2  0 ]
+          [ 0   1  -5/2   1/2  1  0 ]         [ -1/3    1/3  -1/3  ]           [ 0  1   1  1/4   4  0 ]
+          [ 0  -2   -1    2    1  0 ]         [-16/15 -8/15 -4/15  ]           [ 0  1  -1  1/8  -8  1 ]
+          [ 0  1/2  -1  -1/2   1  0 ]         [ 1/15  -2/15  4/15  ]
+          [ 0   1  -3/2  -2   3/2 1 ]         [    0      0     1  ]
+
+Row j of G is (1, p_j, p_j^2) times a scale for point p_j (the last row: infinity's leading
+coefficient); column j of A^T is (1, p_j, p_j^2, p_j^3); B^T interpolates back. Lavin's
+usual points are 0, +-1, +-2: these have the same cost and a smaller float32 error (Barabasz
+et al. 2020; docs/winograd.md).
 
 Summed over input channels, the 36 element-wise products become 36 independent GEMMs
 (one per position xi of the 6x6 transformed tile):
@@ -28,6 +35,11 @@ dx = conv(dy, W'), W'[c, o] = W[o, c] flipped in both spatial axes (a full corre
 the rotated kernel, cropped back by the same one-pixel padding). So the same forward path
 serves the backward, with W' transformed once (docs/winograd.md has the derivation and the
 measured errors).
+
+Reference: the result equals the direct convolution of ``minivgg/layers/conv.py`` (and the
+im2col path of ``cpu/ops.py``) to Winograd's float32 rounding; near-zero pre-activations and
+max-pool near-ties are recomputed exactly (below). tests/test_winograd.py compares every
+entry point with a plain direct convolution, on every ISA level the host has.
 
 Work is split over a small pool of threads by bands of tile rows; each thread runs the whole
 transform -> GEMM -> transform pipeline on its band with single-threaded BLAS, so the data of
@@ -172,7 +184,7 @@ _KERNELS = {
 # the input gradient by 1e-3. So the forward lists the outputs smaller than REFINE_BELOW
 # times the RMS of their channel's 4-row strip (about 1 in 1000; the largest output is a few
 # RMS, and the error ~3e-6 of it) and recomputes them directly in float64: signs as exact
-# as im2col's, for a ~1-2% cost.
+# as im2col's, for a small cost (docs/benchmarks.md).
 REFINE_BELOW = np.float32(5e-4)
 CANDIDATES = 1 << 14  # per band; more are left at Winograd precision (never seen)
 
@@ -371,7 +383,7 @@ def _buffer_size(cin, cout, T):
 # go (the layers that ops.py's MINIVGG_WINOGRAD_WEIGHTS streams: a quarter of U's memory). With
 # w9 the products go by rows i of the 6x6 transformed tile: the six positions 6i..6i+5 share
 # the first half of the weight transform (row i of G W), their six V[xi] stay in L2 while
-# blocks of U's rows are made and used at once (docs/winograd.md has the measurements).
+# blocks of U's rows are made and used at once (docs/benchmarks.md has the measurements).
 UBLOCK_BYTES = 3 << 19
 
 
@@ -519,22 +531,22 @@ def _rows_out(wt, Vg, Mg, M, b, relu, o0, o1, th, tw, y, backward, x, W):
 def _whole(x, mask, extra, pooled, wt, b, relu, y, th, tw, nthreads, bufs, backward, W):
     """One image, all tiles at once (for small maps), in two stages: the input transform
     split over the threads by channels, then each thread's share of the output channels,
-    their products and their output transform. (The products split by positions as a stage
-    of their own, as before: the same numbers to the bit, one more hand-over to the pool,
-    and per layer 0.05 - 0.25 ms slower on the 512-channel maps, the same on 256 channels,
-    alternated in one process.)"""
+    their products and their output transform. (Not the products split by positions as a
+    stage of their own: the same numbers to the bit, but one more hand-over to the pool, and
+    slower on the 512-channel maps; docs/benchmarks.md.)"""
     fin = _KERNELS[backward][0]
     V, M, Vg, Mg = bufs
     _run([(fin, x, mask, extra, pooled, c0, c1, 0, th, tw, V) for c0, c1 in _split(x.shape[0], nthreads)], nthreads)
     _run([(_rows_out, wt, Vg, Mg, M, b, relu, o0, o1, th, tw, y, backward, x, W) for o0, o1 in _split(y.shape[0], nthreads)], nthreads)
 
 
-# Below this many tiles per band the GEMMs are bound by reading U. 256 was measured with
-# OpenBLAS; with gemm.py 128 is faster (bands of conv1_2 - conv3_x half as tall, V and M
-# in cache): 256x256 iteration -4.5 ms over 7 alternated pairs, 512 the same or faster,
-# peak memory -20 MB at 256 and -50 MB at 512 (smaller band buffers). 64 was slower at 512.
+# Below this many tiles per band the GEMMs are bound by reading U. With gemm.py's kernels
+# smaller bands than OpenBLAS needed pay (bands of conv1_2 - conv3_x half as tall keep V and
+# M in cache, and the band buffers, so the peak memory, are smaller); smaller still was
+# slower at 512x512. The bytes of V + M a band aims at: gemm.py's GEMMs do not need larger
+# bands, and the workspace is half what it was. Measurements: docs/benchmarks.md.
 MIN_BAND_TILES = 128
-BAND_BYTES = 3 << 20  # V + M of one band: with gemm.py the GEMMs no longer need larger bands (measured: 6 -> 3 MiB, 256x256 iteration 160 -> 155 ms, 512 unchanged; half the workspace)
+BAND_BYTES = 3 << 20
 
 
 def band_rows(th, tw, cin, cout, target_bytes=None, min_tiles=None):
@@ -597,8 +609,8 @@ def _conv(x, U, b, relu, mask, out, threads, backward, W=None, extra=None, poole
             T = th * tw
             # V and M for this call only: freed, their block is there for the next layer's
             # arrays (kept between calls, conv3_x's 19 MB at 256x256 were idle at the peak,
-            # conv1_2's backward: +14 MB). malloc keeps freed blocks mapped (arena.py), so
-            # a new one costs no page faults: the same time, alternated in separate processes.
+            # conv1_2's backward: +14 MB). malloc keeps freed blocks mapped (runtime.py), so
+            # a new one costs no page faults and no time.
             bufs = _buffers(np.empty(_buffer_size(cin, cout, T), np.float32), cin, cout, T)
             for i in range(n):
                 _whole(x[i], masks[i], extras[i], pooled, U, b, relu, y[i], th, tw, nthreads, bufs, backward, W)

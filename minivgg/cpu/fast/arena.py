@@ -2,9 +2,9 @@
 
 An image optimization runs the same forward hundreds of times on arrays of the same
 shapes. Each pass allocating its activations afresh costs page faults and the kernel's
-zeroing of every new page (tens of ms an iteration at 256x256, more at 512), and the
-heap fragments. The net's arrays of a pass are dropped when the next pass starts (the
-layers' caches are cleared), so they can be handed out again instead.
+zeroing of every new page, and the heap fragments. The net's arrays of a pass are dropped
+when the next pass starts (the layers' caches are cleared), so they can be handed out
+again instead.
 
 Between passes the arena holds its arrays only weakly: what the layers' caches still
 keep when the next pass starts is taken back; what was let go earlier (``backward(
@@ -18,19 +18,16 @@ Only the CPU backend's forward allocates here, and only while a net's pass is ac
 (:meth:`Arena.active`); everywhere else :func:`empty` is ``np.empty``.
 
 The rest of an iteration's arrays (each layer's backward output, the losses' gradients:
-the caller's, sizes that change through the pass) are left to malloc, which :func:`
-keep_freed_memory` tunes once, when the first CPU net is built: glibc's malloc maps every
-block above 128 KiB-32 MiB afresh and unmaps it on free, so each iteration page-faulted
-and zeroed ~25 MB at 256x256 (~5800 faults, 25-30 ms of system time, ~12% of the
-iteration). With the mmap threshold at its 32 MiB maximum and no trimming, freed blocks
-stay in the heap for the next iteration: no faults, the same peak (measured: 606 -> 620
-MB at 256, 1187 -> 1189 MB at 512; docs/winograd.md). ``MINIVGG_MALLOC=default`` leaves
-malloc alone.
+the caller's, sizes that change through the pass) are left to malloc, which the process's
+runtime (``minivgg/runtime.py``) tunes once, when the first CPU net is built
+(:func:`keep_freed_memory`), so that freed blocks serve the next iteration without page
+faults. ``MINIVGG_MALLOC=default`` leaves malloc alone.
+
+Reference: ``np.empty``. :func:`empty` returns an array of the shape and dtype asked for
+that nobody else holds, which is all ``np.empty`` promises (tests/test_vgg.py).
 """
 
 import contextlib
-import ctypes
-import os
 import sys
 import threading
 import weakref
@@ -84,24 +81,9 @@ def empty(shape, dtype):
     return arena.empty(shape, dtype)
 
 
-_TUNED = False
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-MMAP_THRESHOLD_MAX = 32 << 20  # glibc's ceiling on 64-bit
-
-
 def keep_freed_memory():
-    """Once per process, on glibc: blocks up to 32 MiB from the heap, and the heap not
-    trimmed, so that arrays freed by one iteration serve the next without page faults.
-    Returns whether malloc is (now) tuned. Elsewhere, or with MINIVGG_MALLOC=default,
-    does nothing."""
-    global _TUNED
-    if _TUNED or os.environ.get("MINIVGG_MALLOC", "").lower() == "default" or not sys.platform.startswith("linux"):
-        return _TUNED
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    _TUNED = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
-    return _TUNED
+    """The process's malloc tuning (``minivgg.runtime.apply``: once per process, on glibc,
+    unless MINIVGG_MALLOC=default); returns whether malloc is (now) tuned."""
+    from ... import runtime
+
+    return runtime.apply()

@@ -4,44 +4,42 @@ into as many contiguous pieces as threads (:func:`run`: each thread takes the ne
 
 Why not numba's ``prange`` or OpenBLAS's own threads: both synchronise their workers by
 spinning, and on a small machine shared with other work a spinning barrier waits for its
-slowest, descheduled thread. Measured on a 2-core VM under load, a 2-thread OpenBLAS GEMM
-ran 5x slower than a 1-thread one, and a ``prange`` ReLU over 0.5 M floats took 30 ms.
-A pool thread that finds its piece done simply blocks. And OpenBLAS's workers keep
+slowest, descheduled thread (docs/benchmarks.md has what that cost). A pool thread that finds its piece done simply blocks. And OpenBLAS's workers keep
 spinning for a while after a multi-threaded call, so a 2-thread GEMM just before a
 kernel of ours slowed that kernel down: ``Net.forward``/``backward`` therefore run whole
 inside one :func:`one_blas_thread` block, and every product on the way (im2col's, the
-style losses') goes through :func:`matmul` here (VGG-19 at 256x256: 0.34 -> 0.25 s an
-iteration). Nothing here changes a global setting for good: BLAS is limited to one
+style losses') goes through :func:`matmul` here. Nothing here changes a global setting for good: BLAS is limited to one
 thread only inside :func:`one_blas_thread` blocks, restored after. OpenBLAS's thread
 count is one setting for the whole process, and threadpoolctl lets only one Python thread
 change it (the first to do so, while it lives); blocks opened in other threads change
 nothing, so a net driven from another thread runs correctly but with BLAS's own threads.
 
-``MINIVGG_NUM_THREADS`` sets the pool size (default: the cores this process may use).
+``MINIVGG_NUM_THREADS`` sets the pool size (default: the cores this process may use; read
+through minivgg/options.py); the pool itself belongs to the process's runtime
+(minivgg/runtime.py).
+
+Reference: :func:`matmul` equals ``a @ b`` (numpy) and :func:`gram` ``F @ F^T`` to float32
+rounding, whichever kernel runs (tests/test_gemm.py).
 """
 
 import contextlib
 import itertools
 import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ... import options, runtime
 from . import gemm as _gemm
 from .gemm import matmul as _gemm_matmul  # our kernel of the ISA level where it applies, else BLAS
 
-_POOL = None
-_POOL_PID = None
-_LOCK = threading.Lock()
 _BLAS = None
 
 
 def num_threads():
     """Threads the CPU kernels use: MINIVGG_NUM_THREADS, else the usable cores."""
-    env = os.environ.get("MINIVGG_NUM_THREADS")
-    if env:
-        return max(1, int(env))
+    n = options.get("num_threads")
+    if n:
+        return n
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
@@ -51,18 +49,14 @@ def num_threads():
 def pool():
     """The process-wide worker pool: one thread fewer than ``num_threads()``, the calling
     thread being the other (:func:`run`). Created on first use, and anew in a forked child,
-    which inherits the pool object but not its threads."""
-    global _POOL, _POOL_PID
-    with _LOCK:
-        if _POOL is None or _POOL_PID != os.getpid():
-            _POOL = ThreadPoolExecutor(max_workers=max(1, num_threads() - 1), thread_name_prefix="minivgg")
-            _POOL_PID = os.getpid()
-        return _POOL
+    which inherits the pool object but not its threads. Owned by the process's runtime
+    (``minivgg/runtime.py``), which reports it."""
+    return runtime.RUNTIME.pool(num_threads() - 1)
 
 
 def one_blas_thread():
     """A context in which numpy's BLAS runs single-threaded. The controller, which scans the
-    loaded libraries, is built once (threadpool_limits() rescans on every call, ~1 ms)."""
+    loaded libraries, is built once (threadpool_limits() rescans the libraries on every call)."""
     global _BLAS
     if _BLAS is None:
         try:
@@ -93,8 +87,8 @@ def run(calls, threads=None):
     waiting, and uneven calls even out. Returns when all are done; raises the first error.
 
     The calling thread as one of the workers: a stage then starts at once, and only the
-    other worker needs waking (a pool thread idle for a few ms took ~50-250 us to wake on
-    the 2-core VM; an iteration at 256x256 has ~70 stages)."""
+    other worker needs waking, and waking an idle pool thread is slow next to a stage
+    (an iteration has tens of stages; docs/benchmarks.md)."""
     n = len(calls)
     workers = min(n, threads or num_threads()) - 1
     if workers <= 0:
@@ -135,7 +129,7 @@ def _matmul_cols(c0, c1, a, b, out, accumulate):
 
 # Few rows and many columns (im2col's first layer: 64 x 27 @ 27 x H*W; the style losses'
 # C x C @ C x H*W): split the columns, so each thread streams half of the large b instead
-# of all of it (measured: conv1_1's products at 512x512 ~2x faster).
+# of all of it, which is bound by memory (docs/benchmarks.md).
 SPLIT_COLUMNS_BELOW_ROWS = 128
 
 

@@ -1,7 +1,7 @@
 """Element-wise and pooling kernels for VGG's fixed shapes, run over minivgg's thread pool.
 
 Each kernel is a nogil numba loop over a range [p0, p1) of planes (or of flat elements),
-and :mod:`minivgg.cpu.threads` runs one range per thread (see there why not ``prange``).
+and :mod:`minivgg.cpu.fast.threads` runs one range per thread (see there why not ``prange``).
 
 2x2 stride-2 average pooling (VGG's): each input pixel belongs to at most one window, so
 forward is one pass of pair sums and backward one pass of copies, contiguous along rows.
@@ -15,7 +15,10 @@ the same order, in float64 as there, times 0.25, which is exact):
 as the general loop picks it (the first in row-major order; a NaN wins), backward puts dy
 there and zeros elsewhere; bit for bit the general loops' results.
 
-ReLU: y = max(x, 0); backward dx = dy * (y > 0).
+ReLU: y = max(x, 0); backward dx = dy * (y > 0) (or (dy + extra) * (y > 0)), with y or
+its uint8 mask (y > 0): exactly im2col.py's relu_forward / relu_backward. Bias: y += b per
+row (then ReLU), exactly numpy's y + b[:, None]. tests/test_winograd.py compares every
+kernel here with those references.
 """
 
 import numpy as np

@@ -21,8 +21,9 @@ through 4-, 2- and 1-row variants, so any shape works.
 
 Each k accumulates in sequence into one register per output, in two levels (KB steps in
 registers, then into C), the same order on both levels (only the vector width differs,
-and it does not touch the order of any one output's sum): the results agree with numpy's
-to float32 rounding (tests/test_gemm.py).
+and it does not touch the order of any one output's sum). Reference: ``numpy.matmul``
+(and a float64 product); the results agree with it to float32 rounding on every ISA
+level the host has (tests/test_gemm.py).
 
 Why our own: numpy's OpenBLAS may be pinned to its AVX2 kernels (the environment sets
 OPENBLAS_CORETYPE on some processors) while the processor has AVX-512 (docs/gemm.md has
@@ -74,7 +75,7 @@ MR, NV, NR, KC, NC = AVX512.mr, AVX512.nv, AVX512.nr, AVX512.kc, AVX512.nc
 MRG, NRG = AVX512.mrg, AVX512.nrg
 # K steps summed in registers before the partial sums are added into C: summing K terms
 # in two levels (KB, then K / KB) instead of one run keeps the float32 error near BLAS's
-# (tests/test_gemm.py) for ~3% of the speed. The same on every level.
+# (tests/test_gemm.py) at a small cost in speed (docs/benchmarks.md). The same on every level.
 KB = 64
 
 
