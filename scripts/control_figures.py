@@ -64,6 +64,8 @@ def main():
         c_only = style_transfer(net, content, [style], style_weight=0.0, **kw).image
         full = style_transfer(net, content, [style], **kw).image
         masked = style_transfer(net, content, [style], masks=[left], **kw).image
+        c_only_seed1 = style_transfer(net, content, [style], style_weight=0.0, seed=1, **kw).image
+        out["content_only_seed1_vs_seed0"] = halves_moved(c_only_seed1, c_only, w // 2)  # the noise floor
         out["masked_vs_content_only"] = halves_moved(masked, c_only, w // 2)
         out["full_vs_content_only"] = halves_moved(full, c_only, w // 2)
         save_image(f"{a.out}/control_mask.png", side_by_side([content, style, left.repeat(3).reshape(h, w, 3),
