@@ -160,3 +160,23 @@ def test_normalized_gradients_objective_layer_norms(net):
     assert abs(seen["relu4_2"] - 2.0) < 1e-4
     for n, w in zip(STYLE_LAYERS, [0.5, 0.3, 0.2]):
         assert abs(seen[n] - 1e-3 * w) < 1e-8
+
+
+def test_style_layer_scales_take_each_group_from_its_own_copy(net):
+    """style_layer_scales [1, 1, 2]: relu3_1's target from the style at twice the size
+    (normalized by its own positions), the others as without it."""
+    from minivgg.methods.style import _stage
+
+    content, style = _images()
+    shape = content.shape[:2]
+    rng = np.random.default_rng(0)
+    args = (net, content, [style], [1.0], None, 1.0, ["relu4_2"], STYLE_LAYERS, [0.5, 0.3, 0.2], 1.0, 1e-3, 0.0,
+            "noise", rng, None, "mean", False)
+    plain = _stage(*args)[0]
+    two = _stage(*args, {"layer_scales": dict(zip(STYLE_LAYERS, [1.0, 1.0, 2.0]))})[0]
+    for name in STYLE_LAYERS[:2]:
+        assert rel_err(two.style[name][0], plain.style[name][0]) < 1e-6
+    big = (64, 80)
+    ref = style_targets(net, [resize(style, big)], [1.0], ["relu3_1"], big, result_shape=shape)["relu3_1"]
+    assert rel_err(two.style["relu3_1"][0], ref) < 1e-5
+    assert rel_err(two.style["relu3_1"][0], plain.style["relu3_1"][0]) > 1e-2

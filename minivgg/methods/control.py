@@ -225,9 +225,25 @@ def add_control_arguments(p):
                         "cholesky: the same with Cholesky factors; luminance: optimize on luminance only (styles' "
                         "luminance matched to the content's mean and std) and put the content's colours back "
                         "(default none)")
+    g.add_argument("--style-layer-scales", type=_factor_list, metavar="F1,F2,...",
+                   help="one factor per style layer multiplying --style-scale for that layer's target: the two-scale "
+                        "combination, e.g. 1,1,2,2,2 takes the coarse layers from a copy of the style twice as large "
+                        "(larger structures, the same fine texture); default all 1")
     g.add_argument("--normalize-gradients", action="store_true",
                    help="divide each content and style term's gradient by its L1 norm before weighting it "
                         "(neural-style's -normalize_gradients)")
+
+
+def _factor_list(s):
+    import argparse
+
+    try:
+        v = [float(t) for t in s.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {s!r}") from None
+    if not v or not all(0 < f <= 16 for f in v):
+        raise argparse.ArgumentTypeError(f"factors must be in (0, 16]: {s!r}")
+    return v
 
 
 def control_kwargs(args):
@@ -244,6 +260,11 @@ def control_kwargs(args):
         kw["content_mask"] = load_input(args.content_mask)
     if getattr(args, "color_transfer", "none") != "none":
         kw["color_transfer"] = args.color_transfer
+    if getattr(args, "style_layer_scales", None):
+        if len(args.style_layer_scales) != len(args.style_layers):
+            raise MiniVGGError(f"--style-layer-scales has {len(args.style_layer_scales)} factor(s) for "
+                               f"{len(args.style_layers)} style layer(s)")
+        kw["style_layer_scales"] = args.style_layer_scales
     if getattr(args, "normalize_gradients", False):
         kw["normalize_gradients"] = True
     return kw
@@ -251,16 +272,21 @@ def control_kwargs(args):
 
 def control_objective(net, P, styles, blend, style_shapes, shape, style_layers, style_layer_weights, content_weight,
                       style_weight, tv_weight, loss_norm, masks=None, content_mask=None, normalize_gradients=False):
-    """The ControlObjective of one style-transfer stage at the result's ``shape``: the
+    """The ControlObjective of one style-transfer stage (style_shapes: one (h, w) per
+    style, or {layer: that list} when layers take the style at different scales) at the result's ``shape``: the
     style targets a_i = G(style_i) / M_i, one region per style with its mask pooled down
     the net (beta_i = blend_i * number of styles), or without masks one region, all
     ones, with the blend-weighted sum of the a_i (as the unmasked objective)."""
     from ..image import resize
 
-    a = []
-    for img, s_shape in zip(styles, style_shapes):
-        feats = net.forward(net.preprocess(resize(img, s_shape)), style_layers)
-        a.append({name: target_gram(feats[name]) for name in style_layers})
+    if not isinstance(style_shapes, dict):
+        style_shapes = {name: style_shapes for name in style_layers}
+    a = [{} for _ in styles]
+    for i, img in enumerate(styles):  # one forward per distinct size of the style (style_layer_scales)
+        for s_shape in dict.fromkeys(tuple(style_shapes[name][i]) for name in style_layers):
+            group = [name for name in style_layers if tuple(style_shapes[name][i]) == s_shape]
+            feats = net.forward(net.preprocess(resize(img, s_shape)), group)
+            a[i].update({name: target_gram(feats[name]) for name in group})
     style = {}
     if masks is None:
         for name, w in zip(style_layers, style_layer_weights):

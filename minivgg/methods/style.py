@@ -108,7 +108,8 @@ def style_transfer(net, content, styles, *, style_blend=None, content_layers=CON
                    style_weight=STYLE_WEIGHT, tv_weight=TV_WEIGHT, style_scale=1.0, init="noise",
                    original_colors=False, size=None, scales=None, optimizer="lbfgs", iters=500, lr=None,
                    seed=0, optim_options=None, callback=None, loss_norm=LOSS_NORM, stretch_style=False,
-                   masks=None, content_mask=None, color_transfer="none", normalize_gradients=False):
+                   masks=None, content_mask=None, color_transfer="none", normalize_gradients=False,
+                   style_layer_scales=None):
     """Gatys et al. 2016 style transfer; the objective is in the module docstring.
 
     content: uint8 (H, W, 3) RGB; styles: one image or a list; style_blend: a weight
@@ -131,7 +132,10 @@ def style_transfer(net, content, styles, *, style_blend=None, content_layers=CON
     "none" | "histogram" | "cholesky" (the style images' colour mean and covariance
     matched to the content's first) | "luminance" (optimize on luminance, then the
     content's colours); normalize_gradients: each term's gradient divided by its L1 norm
-    (neural-style's -normalize_gradients).
+    (neural-style's -normalize_gradients); style_layer_scales: one factor per style
+    layer multiplying style_scale for that layer's target (the paper's two-scale
+    combination: e.g. [1, 1, 2, 2, 2] takes relu3_1-relu5_1 from a copy of the style
+    twice as large, so coarse structures come larger while the fine texture stays).
     """
     from .. import color
 
@@ -167,6 +171,13 @@ def style_transfer(net, content, styles, *, style_blend=None, content_layers=CON
             raise MiniVGGError(f"{name} must be >= 0; got {v}")
     if not style_scale > 0:
         raise MiniVGGError(f"style scale must be positive; got {style_scale}")
+    if style_layer_scales is None:
+        style_layer_scales = [1.0] * len(style_layers)
+    style_layer_scales = [float(f) for f in style_layer_scales]
+    if len(style_layer_scales) != len(style_layers) or not all(f > 0 for f in style_layer_scales):
+        raise MiniVGGError(f"style layer scales: give one positive factor per style layer ({len(style_layers)}); "
+                           f"got {style_layer_scales}")
+    control["layer_scales"] = dict(zip(style_layers, style_layer_scales))
     stages = [int(s) for s in scales] if scales else [size]
     for s in stages:
         if s is not None and s <= 0:
@@ -183,12 +194,13 @@ def style_transfer(net, content, styles, *, style_blend=None, content_layers=CON
                     seed=seed, original_colors=original_colors, loss_norm=loss_norm, stretch_style=stretch_style,
                     init=init if isinstance(init, str) else "image", color_transfer=color_transfer,
                     masks=None if masks is None else len(masks), content_mask=content_mask is not None,
-                    normalize_gradients=bool(normalize_gradients))
+                    normalize_gradients=bool(normalize_gradients), style_layer_scales=style_layer_scales)
     # check every stage's memory before starting any work
     shapes = [size_for_longest(np.shape(content), s) if s else np.shape(content)[:2] for s in stages]
     for shape in shapes:
         ensure_memory(net, shape, all_layers, "content image")
-        for s_shape in _style_shapes(styles, shape, style_scale, stretch_style):
+        for s_shape in [t for f in set(style_layer_scales)
+                        for t in _style_shapes(styles, shape, style_scale * f, stretch_style)]:
             ensure_memory(net, s_shape, style_layers, "style image")
     for k, s in enumerate(stages):
         try:
@@ -218,10 +230,12 @@ def _stage(net, content, styles, blend, s, style_scale, content_layers, style_la
     c_img = resize_longest(content, s) if s else np.asarray(content)
     shape = c_img.shape[:2]
     P = content_targets(net, c_img, content_layers)
-    s_shapes = _style_shapes(styles, shape, style_scale, stretch_style)
+    control = dict(control or {})
+    layer_scales = control.pop("layer_scales", None) or {}
+    s_shapes = {name: _style_shapes(styles, shape, style_scale * layer_scales.get(name, 1.0), stretch_style)
+                for name in style_layers}
     if loss_norm == "mean":
         tv_weight = tv_weight * content_gain(net, c_img, P)
-    control = control or {}
     if control.get("masks") is not None or control.get("content_mask") is not None or \
             control.get("normalize_gradients"):
         from .control import control_objective
@@ -229,7 +243,10 @@ def _stage(net, content, styles, blend, s, style_scale, content_layers, style_la
         objective = control_objective(net, P, styles, blend, s_shapes, shape, style_layers, style_layer_weights,
                                       content_weight, style_weight, tv_weight, loss_norm, **control)
     else:
-        A = style_targets(net, styles, blend, style_layers, s_shapes, result_shape=shape)
+        A = {}
+        for f in sorted(set(layer_scales.get(name, 1.0) for name in style_layers)):
+            group = [name for name in style_layers if layer_scales.get(name, 1.0) == f]
+            A.update(style_targets(net, styles, blend, group, s_shapes[group[0]], result_shape=shape))
         objective = Objective(
             net, content=P, style={name: (A[name], w) for name, w in zip(style_layers, style_layer_weights)},
             content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight, tv_beta=2.0,
