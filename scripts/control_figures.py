@@ -47,7 +47,7 @@ def halves_moved(a, b, split):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--weights", required=True)
-    p.add_argument("--figure", choices=("mask", "regions", "color", "normalize"), required=True)
+    p.add_argument("--figure", choices=("mask", "regions", "color", "normalize", "scale"), required=True)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--out", default="docs/img")
@@ -90,9 +90,15 @@ def main():
         for name, img in (("content", content), ("plain", plain), ("histogram", hist), ("luminance", lum)):
             px = img.reshape(-1, 3).astype(np.float64)
             out[name] = {"mean": [round(v, 1) for v in px.mean(0)], "std": [round(v, 1) for v in px.std(0)]}
+    elif a.figure == "scale":
+        plain = style_transfer(net, content, [style], **kw).image
+        small = style_transfer(net, content, [style], style_scale=0.5, **kw).image
+        two = style_transfer(net, content, [style], style_layer_scales=[1, 1, 2, 2, 2], **kw).image
+        save_image(f"{a.out}/control_scale.png", side_by_side([content, style, plain, small, two], height=h))
     else:
         plain = style_transfer(net, content, [style], **kw)
         norm = style_transfer(net, content, [style], normalize_gradients=True, style_weight=100.0, content_weight=5.0,
+                              optimizer="adam",
                               **kw)
         out["plain"] = plain.history[-1]
         out["normalized"] = norm.history[-1]
