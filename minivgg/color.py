@@ -9,8 +9,8 @@ r"""Colour control for style transfer (Gatys, Ecker, Bethge, Hertzmann & Shechtm
   * ``"histogram"`` (the default variant, symmetric / PCA):
     A = Sigma_c^{1/2} Sigma_s^{-1/2}, both square roots the symmetric ones from the
     eigendecompositions Sigma = U diag(lambda) U^T. It does not depend on the order of
-    the R, G, B channels (permuting them permutes A), which the Cholesky factor does, and
-    it is the variant of Image Analogies' colour transfer.
+    the R, G, B channels (permuting them permutes A), which the Cholesky factor does; that
+    is why it is the default (the paper names both choices).
   * ``"cholesky"``: A = L_c L_s^{-1}, Sigma = L L^T.
 
   Both give exactly the content's mean and covariance before the result is clipped to

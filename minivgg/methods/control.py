@@ -27,8 +27,8 @@ Notation as minivgg.losses: F (N x M) a layer's response, M = H W positions.
 - Gradient normalization (neural-style ``-normalize_gradients``): each content and
   style term's gradient at its layer is divided by its L1 norm (+1e-8) before the
   weight multiplies it: dF <- weight * g / (||g||_1 + 1e-8). The reported values stay
-  the losses' own, so the gradient is no longer the value's gradient; the L-BFGS line
-  search then compares values along a direction they were not made for (docs/methods.md).
+  the losses' own, so the gradient is no longer the value's gradient; L-BFGS stalls in
+  its line search or diverges without it, Adam works (measured, docs/methods.md).
 """
 
 import numpy as np
@@ -231,7 +231,8 @@ def add_control_arguments(p):
                         "(larger structures, the same fine texture); default all 1")
     g.add_argument("--normalize-gradients", action="store_true",
                    help="divide each content and style term's gradient by its L1 norm before weighting it "
-                        "(neural-style's -normalize_gradients)")
+                        "(neural-style's -normalize_gradients); use with --optimizer adam: the values no longer match "
+                        "the gradient, and L-BFGS stalls (line search) or diverges (without)")
 
 
 def _factor_list(s):
