@@ -229,6 +229,11 @@ def add_control_arguments(p):
                    help="one factor per style layer multiplying --style-scale for that layer's target: the two-scale "
                         "combination, e.g. 1,1,2,2,2 takes the coarse layers from a copy of the style twice as large "
                         "(larger structures, the same fine texture); default all 1")
+    g.add_argument("--tile", type=int, default=None, metavar="PX",
+                   help="make a result larger than PX in overlapping tiles of PX (a coarse PX run first, every tile "
+                        "pulled to the same style targets, seams blended): the memory of a PX run (default: one run)")
+    g.add_argument("--tile-overlap", type=int, default=32, metavar="PX",
+                   help="pixels each tile shares with its neighbours (default 32)")
     g.add_argument("--normalize-gradients", action="store_true",
                    help="divide each content and style term's gradient by its L1 norm before weighting it "
                         "(neural-style's -normalize_gradients); use with --optimizer adam: the values no longer match "
@@ -266,6 +271,10 @@ def control_kwargs(args):
             raise MiniVGGError(f"--style-layer-scales has {len(args.style_layer_scales)} factor(s) for "
                                f"{len(args.style_layers)} style layer(s)")
         kw["style_layer_scales"] = args.style_layer_scales
+    if getattr(args, "tile", None):
+        if args.tile < 32 or not 0 <= args.tile_overlap < args.tile // 2:
+            raise MiniVGGError(f"--tile must be >= 32 and --tile-overlap in 0..{max(0, args.tile // 2 - 1)}")
+        kw["tile"], kw["tile_overlap"] = args.tile, args.tile_overlap
     if getattr(args, "normalize_gradients", False):
         kw["normalize_gradients"] = True
     return kw

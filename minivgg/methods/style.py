@@ -109,7 +109,7 @@ def style_transfer(net, content, styles, *, style_blend=None, content_layers=CON
                    original_colors=False, size=None, scales=None, optimizer="lbfgs", iters=500, lr=None,
                    seed=0, optim_options=None, callback=None, loss_norm=LOSS_NORM, stretch_style=False,
                    masks=None, content_mask=None, color_transfer="none", normalize_gradients=False,
-                   style_layer_scales=None):
+                   style_layer_scales=None, tile=None, tile_overlap=32):
     """Gatys et al. 2016 style transfer; the objective is in the module docstring.
 
     content: uint8 (H, W, 3) RGB; styles: one image or a list; style_blend: a weight
@@ -122,7 +122,8 @@ def style_transfer(net, content, styles, *, style_blend=None, content_layers=CON
     keep the content's colours by luminance transfer (Gatys et al. 2016, "Preserving
     color in neural artistic style transfer"); size: longest side of the result (None:
     the content's size); scales: e.g. [256, 512] for coarse to fine (``iters`` per
-    stage). Returns a MethodResult.
+    stage). tile: make a result larger than ``tile`` px in overlapping tiles of that size
+    (methods/tiled.py; tile_overlap px shared). Returns a MethodResult.
 
     Control (Gatys et al. 2017, minivgg/methods/control.py, minivgg/color.py): masks: one
     mask per style image (grey/binary uint8 image or float array in 0..1, resized to the
@@ -139,6 +140,15 @@ def style_transfer(net, content, styles, *, style_blend=None, content_layers=CON
     """
     from .. import color
 
+    if tile and max(size_for_longest(np.shape(content), size) if size else np.shape(content)[:2]) > tile:
+        return _tiled(net, content, styles, tile, tile_overlap, dict(
+            style_blend=style_blend, content_layers=content_layers, style_layers=style_layers,
+            style_layer_weights=style_layer_weights, content_weight=content_weight, style_weight=style_weight,
+            tv_weight=tv_weight, style_scale=style_scale, original_colors=original_colors, size=size, scales=scales,
+            optimizer=optimizer, iters=iters, lr=lr, seed=seed, optim_options=optim_options, callback=callback,
+            loss_norm=loss_norm, stretch_style=stretch_style, masks=masks, content_mask=content_mask,
+            color_transfer=color_transfer, normalize_gradients=normalize_gradients,
+            style_layer_scales=style_layer_scales, init=init))
     original_content = content
     content, styles_in = color.prepare(content, [styles] if isinstance(styles, np.ndarray) and styles.ndim == 3
                                        else list(styles), color_transfer)
@@ -222,6 +232,23 @@ def style_transfer(net, content, styles, *, style_blend=None, content_layers=CON
         if res.stopped in ("interrupted", "diverged", "callback"):
             break
     return MethodResult(render(res.x), res.x, history, res.stopped, res.message, settings=settings)
+
+
+def _tiled(net, content, styles, tile, overlap, kw):
+    """style_transfer through the tiled final stage (methods/tiled.py)."""
+    from .tiled import tiled_style_transfer
+
+    for name in ("masks", "scales", "content_mask"):
+        if kw.pop(name) is not None:
+            raise MiniVGGError(f"the tiled stage (tile) takes no {name.replace('_', ' ')}")
+    if kw.pop("init") not in ("noise", None):
+        raise MiniVGGError("the tiled stage (tile) starts from noise; give no init")
+    size = kw.pop("size") or max(np.shape(content)[:2])
+    img, info = tiled_style_transfer(net, content, styles, size=size, tile=tile, overlap=overlap, **kw)
+    n = len(info["boxes"])
+    return MethodResult(img, net.preprocess(img), info["history"], info["stopped"],
+                        f"{info['stopped']}: coarse {tile} px run and {n} tiles of {tile} px",
+                        settings=dict(tile=tile, tile_overlap=overlap, tiles=n, size=size))
 
 
 def _stage(net, content, styles, blend, s, style_scale, content_layers, style_layers, style_layer_weights,

@@ -44,10 +44,13 @@ def _ramp(n, overlap, first, last):
 
 
 def tiled_style_transfer(net, content, styles, *, size, tile=256, overlap=32, coarse=None, iters=100,
-                         tile_iters=None, style_scale=1.0, seed=0, **kw):
+                         tile_iters=None, style_scale=1.0, seed=0, callback=None, **kw):
     """Style transfer to ``size`` (longest side) in ``tile``-px tiles; see the module
-    docstring. ``kw`` goes to every style_transfer call (weights, layers, masks are not
-    supported here). Returns (uint8 image, info dict with the tiles' boxes)."""
+    docstring. ``kw`` goes to every style_transfer call (weights, layers; masks and
+    scales are not supported here). ``callback`` sees every run's rows (the tiles' with
+    ``render`` None, so no snapshot shows a tile alone); when it stops a run, the tiles
+    not yet made keep the upsampled coarse result. Returns (uint8 image, info dict: the
+    tiles' boxes, the coarse image, the rows of all runs, stopped)."""
     if "masks" in kw or "scales" in kw:
         raise MiniVGGError("the tiled stage takes no masks or scales")
     if overlap * 2 >= tile:
@@ -55,7 +58,13 @@ def tiled_style_transfer(net, content, styles, *, size, tile=256, overlap=32, co
     coarse = coarse or tile
     final = resize_longest(content, size)
     H, W = final.shape[:2]
-    first = style_transfer(net, content, styles, size=coarse, iters=iters, style_scale=style_scale, seed=seed, **kw)
+    first = style_transfer(net, content, styles, size=coarse, iters=iters, style_scale=style_scale, seed=seed,
+                           callback=callback, **kw)
+    history, stopped = list(first.history), first.stopped
+
+    def tile_callback(rec):
+        return callback(dict(rec, render=None)) if callback is not None else False
+
     start = resize(first.image, (H, W))
     acc = np.zeros((H, W, 3), np.float64)
     wsum = np.zeros((H, W, 1), np.float64)
@@ -65,14 +74,20 @@ def tiled_style_transfer(net, content, styles, *, size, tile=256, overlap=32, co
         for j, x in enumerate(xs):
             h, w = min(tile, H - y), min(tile, W - x)
             c_tile = final[y:y + h, x:x + w]
-            r = style_transfer(net, c_tile, styles, init=start[y:y + h, x:x + w], iters=tile_iters or iters,
-                               style_scale=style_scale * max(H, W) / max(h, w), seed=seed, **kw)
+            if stopped in ("callback", "interrupted", "diverged"):
+                tile_img = start[y:y + h, x:x + w]
+            else:
+                r = style_transfer(net, c_tile, styles, init=start[y:y + h, x:x + w], iters=tile_iters or iters,
+                                   style_scale=style_scale * max(H, W) / max(h, w), seed=seed, callback=tile_callback,
+                                   **kw)
+                tile_img, stopped = r.image, r.stopped
+                history += [dict(row, tile=len(boxes)) for row in r.history]
             wt = np.outer(_ramp(h, overlap, i == 0, i == len(ys) - 1), _ramp(w, overlap, j == 0, j == len(xs) - 1))
-            acc[y:y + h, x:x + w] += r.image * wt[..., None]
+            acc[y:y + h, x:x + w] += tile_img * wt[..., None]
             wsum[y:y + h, x:x + w] += wt[..., None]
             boxes.append((y, x, h, w))
     out = np.clip(np.rint(acc / np.maximum(wsum, 1e-12)), 0, 255).astype(np.uint8)
-    return out, {"boxes": boxes, "coarse": first.image}
+    return out, {"boxes": boxes, "coarse": first.image, "history": history, "stopped": stopped}
 
 
 def seam_ratio(img, boxes):
