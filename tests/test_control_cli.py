@@ -66,3 +66,12 @@ def test_mask_count_mismatch_is_one_error(files, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--style-mask has 2 mask(s) for 1 style image(s)" in err[0]
     assert not (tmp_path / "x.png").exists()
+
+
+def test_sweep_kwargs():
+    from minivgg.methods.control import SWEEP_KINDS, sweep_kwargs
+
+    assert sweep_kwargs({}) == {} and sweep_kwargs({"color_transfer": "none", "normalize_gradients": "off"}) == {}
+    assert sweep_kwargs({"color_transfer": "histogram", "normalize_gradients": "on"}) == {
+        "color_transfer": "histogram", "normalize_gradients": True}
+    assert "histogram" in SWEEP_KINDS["color_transfer"]

@@ -312,3 +312,21 @@ def control_objective(net, P, styles, blend, style_shapes, shape, style_layers, 
     content = {name: (p, c.get(name)) for name, p in P.items()}
     return ControlObjective(net, content, style, content_weight=content_weight, style_weight=style_weight,
                             tv_weight=tv_weight, loss_norm=loss_norm, normalize_gradients=normalize_gradients)
+
+
+# --- sweep ------------------------------------------------------------------------------
+# The control parameters a sweep can vary (kinds as minivgg.experiments.KINDS: a tuple is
+# the choices). Wiring into experiments.PARAMS["style"] waits for that module's split:
+# KINDS.update(SWEEP_KINDS), PARAMS["style"] += tuple(SWEEP_KINDS), and
+# style_transfer(..., **sweep_kwargs(p)) in the cell runner.
+SWEEP_KINDS = {"color_transfer": COLOR_TRANSFERS, "normalize_gradients": ("off", "on")}
+
+
+def sweep_kwargs(p):
+    """style_transfer keyword arguments from a sweep cell's parameters (None: default)."""
+    kw = {}
+    if p.get("color_transfer") not in (None, "none"):
+        kw["color_transfer"] = p["color_transfer"]
+    if p.get("normalize_gradients") == "on":
+        kw["normalize_gradients"] = True
+    return kw
