@@ -607,6 +607,9 @@ def add_style_parser(sub):
                         "result upsampled (overrides --size)")
     add_net_options(p)
     add_optim_options(p, iters=500)
+    from .methods.control import add_control_arguments
+
+    add_control_arguments(p)
     add_output_options(p, "style.png")
     p.set_defaults(_run=run_style, _graceful=True)
 
@@ -619,6 +622,7 @@ def _init_arg(value):
 
 def run_style(args):
     from .methods import style_transfer
+    from .methods.control import control_kwargs
 
     check_outputs(args)
     content = load_input(args.content)
@@ -637,7 +641,8 @@ def run_style(args):
         content_weight=args.content_weight, style_weight=args.style_weight, tv_weight=args.tv_weight,
         style_scale=args.style_scale, init=init, original_colors=args.original_colors, size=args.size,
         scales=args.scales, optimizer=args.optimizer, iters=args.iters, lr=args.lr, seed=args.seed,
-        optim_options=optim_options(args), loss_norm=args.loss_norm, stretch_style=args.stretch_style)
+        optim_options=optim_options(args), loss_norm=args.loss_norm, stretch_style=args.stretch_style,
+        **control_kwargs(args))
 
 
 TEXTURE_HELP = """\

@@ -203,9 +203,9 @@ def test_style_resized_keeping_aspect_or_stretched(net, images, monkeypatch):
     shapes = []
     real = style_mod.style_targets
 
-    def spy(net_, imgs, blend, layers, shape):
+    def spy(net_, imgs, blend, layers, shape, **kw):
         shapes.append(shape)
-        return real(net_, imgs, blend, layers, shape)
+        return real(net_, imgs, blend, layers, shape, **kw)
 
     monkeypatch.setattr(style_mod, "style_targets", spy)
     big_style = resize(styles[0], (50, 70))
