@@ -338,7 +338,7 @@ def luminance_corr(result, content):
 
 # --- sheet and table --------------------------------------------------------------------
 def make_sheet(path, rows, title, box):
-    from minivgg.experiments import Tile, contact_sheet
+    from minivgg.experiments.pictures import Tile, contact_sheet
 
     grid = [(label, [Tile(t["image"], t["caption"]) for t in tiles]) for label, tiles in rows]
     sheet, _ = contact_sheet(grid, box=box, title=title)

@@ -240,16 +240,16 @@ def test_init_file_tol_and_max_pooling(files, tmp_path):
 def test_sigint_during_setup_stops_at_the_first_iteration(files, tmp_path, monkeypatch):
     """A Ctrl-C while the weights load is remembered: the run stops at row 0 and still
     writes the initial image and the log."""
-    from minivgg import cli
+    from minivgg.cli import common
 
-    real = cli.load_net
+    real = common.load_net
 
     def load_and_interrupt(args, **kw):
         net = real(args, **kw)
         os.kill(os.getpid(), signal.SIGINT)
         return net
 
-    monkeypatch.setattr(cli, "load_net", load_and_interrupt)
+    monkeypatch.setattr(common, "load_net", load_and_interrupt)
     out, log = tmp_path / "o.png", tmp_path / "o.csv"
     assert main(style_args(files, out, "--iters", "50", "--log", str(log))) == 130
     _, rows = read_log(log)

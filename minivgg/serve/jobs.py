@@ -48,8 +48,8 @@ def _write_json(path, obj):
 
 
 def rows_csv(rows):
-    """Log rows as the CLI's CSV (minivgg.cli.write_log's columns and number format)."""
-    from ..cli import log_columns
+    """Log rows as the CLI's CSV (minivgg.cli.common.write_log's columns and number format)."""
+    from ..cli.common import log_columns
 
     cols = log_columns(rows)
     buf = io.StringIO()
