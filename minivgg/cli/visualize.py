@@ -38,7 +38,7 @@ def add_parser(sub):
 
 def class_index(value):
     """An ImageNet class index from an integer or a (unique part of a) class name."""
-    with open(os.path.join(os.path.dirname(__file__), "data", "imagenet_classes.txt")) as f:
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "imagenet_classes.txt")) as f:
         names = [line.strip() for line in f if line.strip()]
     try:
         idx = int(value)
