@@ -56,7 +56,7 @@ def run_demo(out_dir=DEMO_DIR, size=None, iters=None, device="cpu", quiet=False,
     net = load_vgg(arch, weights=None, pooling="avg", device=device, up_to="relu5_1")
     if not quiet:
         sys.stderr.write(f"minivgg demo: {describe(net.source, net.arch, net.weights_meta)}\n")
-    # compile before any clock starts (the first run on a machine compiles for a minute or more)
+    # compile before any clock starts: the first run on a machine compiles, which the budget must not count
     warmup(device, poolings=("avg",), methods=("style", "texture"), max_side=size, quiet=quiet, prefix="minivgg demo")
     os.makedirs(out_dir, exist_ok=True)
     results = {}

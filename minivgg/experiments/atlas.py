@@ -254,7 +254,7 @@ def _short(layers):
 
 
 def main(argv=None):
-    """``python -m minivgg.atlas``: the command on its own (same options)."""
+    """``python -m minivgg.experiments.atlas``: the command on its own (same options)."""
     parser = argparse.ArgumentParser(prog="minivgg atlas", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)

@@ -486,7 +486,7 @@ def _float(v):
 
 
 def main(argv=None):
-    """``python -m minivgg.sweep``: the command on its own (same options)."""
+    """``python -m minivgg.experiments.sweep``: the command on its own (same options)."""
     parser = argparse.ArgumentParser(prog="minivgg sweep", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
