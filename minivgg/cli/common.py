@@ -1,7 +1,12 @@
 """What the method commands share: the error format, the network and inputs they
 load, the loss log and its plot, snapshots, the up-front output checks, SIGINT /
 SIGTERM / SIGHUP handling, and :class:`MethodRunner`, which runs a method with the
-progress bar and writes its outputs."""
+progress bar and writes its outputs.
+
+The command modules call these as ``common.NAME`` when they run (not imported by
+name), so that one substitution here reaches every command: the server's worker
+replaces ``MethodRunner`` with one that also reports progress (minivgg.serve.worker).
+"""
 
 import argparse
 import csv
