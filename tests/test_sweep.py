@@ -314,3 +314,18 @@ def test_list_params(capsys):
     out = capsys.readouterr().out
     for name in params.PARAMS["invert"]:
         assert name in out
+
+
+def test_the_arch_follows_the_weights_file(tmp_path, capsys, monkeypatch):
+    """Without --arch a sweep runs the weights file's network, as the other commands do."""
+    from minivgg.vgg import random_weights
+    from minivgg.weights import CAFFE, write_weights
+
+    monkeypatch.setenv("MINIVGG_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("MINIVGG_WEIGHTS", raising=False)
+    weights = str(tmp_path / "vgg16-test.h5")
+    write_weights(weights, random_weights("vgg16", seed=1), {"arch": "vgg16", "source_format": "test",
+                                                             "convention": CAFFE})
+    assert main(["sweep", "--list-params", "--method", "invert", "--weights", weights]) == 0
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("arch ")]
+    assert line and line[0].endswith("default vgg16")
