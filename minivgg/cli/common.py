@@ -86,20 +86,26 @@ def log_columns(history):
     return cols
 
 
-def write_log(path, history):
-    """The loss log as CSV (atomic)."""
-    from ..image import atomic_write
-
+def log_csv(history):
+    """The loss log as CSV text: ``log_columns``, floats as repr (exact), a missing value 0."""
     cols = log_columns(history)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
     for row in history:
         w.writerow([_fmt(row.get(c, 0.0)) for c in cols])
+    return buf.getvalue()
+
+
+def write_log(path, history):
+    """The loss log as CSV (atomic)."""
+    from ..image import atomic_write
+
+    text = log_csv(history)
 
     def write(tmp):
         with open(tmp, "w", newline="") as f:
-            f.write(buf.getvalue())
+            f.write(text)
 
     return atomic_write(path, write)
 
