@@ -1,4 +1,4 @@
-"""``python -m minivgg <command>``: see minivgg/cli.py and docs/cli.md."""
+"""``python -m minivgg <command>``: see minivgg/cli/ and docs/cli.md."""
 
 import sys
 

@@ -190,6 +190,14 @@ def sample_image(name):
     return np.ascontiguousarray(img[..., :3])
 
 
+def load_input(spec):
+    """An image path, or ``sample:NAME`` for a built-in photo (SAMPLES)."""
+    spec = os.fspath(spec)
+    if spec.startswith("sample:"):
+        return sample_image(spec[len("sample:"):])
+    return load_image(spec)
+
+
 def side_by_side(images, height=None, gap=4, background=255):
     """One uint8 RGB image with ``images`` placed left to right, each scaled to the
     same ``height`` (default: the first image's height)."""

@@ -467,6 +467,17 @@ def default_weights_path(arch, classifier=False):
 ARCH_PREFERENCE = ("vgg19", "vgg16")  # which cached weights a command without --arch takes
 
 
+def file_sha256(path):
+    """The SHA-256 of a file's bytes, as hex (read in blocks: weights files are large)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def file_arch(path):
     """The ``arch`` attribute of a converted file, or None when it cannot be read (the
     reader reports why when the file is loaded)."""

@@ -48,7 +48,6 @@ OUT_DIR/compare_table.md (also printed) and OUT_DIR/runs/ (every result image an
 import argparse
 import csv
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -180,24 +179,18 @@ def run_timed(cmd, cwd, timeout, what):
     return wall, p
 
 
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def run_nsp(args, model_name, work, content, style, iters, out):
     """Run neural_style.py, or with --reuse-nsp take the result of an earlier run with the
     same inputs (its side file OUT.json records them): neural-style-pt does not depend on
     minivgg's code, and on a shared CPU it is the slow half. Returns (wall, when)."""
+    from minivgg.weights import file_sha256
+
     cmd = [args.nsp_python, os.path.join(args.neural_style, "neural_style.py"),
            "-content_image", content, "-style_image", style, "-output_image", out,
            "-image_size", str(args.size), "-num_iterations", str(iters), "-seed", "0",
            "-gpu", "c", "-backend", "nn", "-print_iter", "0", "-save_iter", "0", "-model_file", model_name]
     key = {"cmd": cmd[1:], "weights_sha256": args.weights_sha256, "neural_style_sha256": args.nsp_sha256,
-           "content_sha256": sha256(content), "style_sha256": sha256(style)}
+           "content_sha256": file_sha256(content), "style_sha256": file_sha256(style)}
     side = os.path.splitext(out)[0] + ".json"
     if args.reuse_nsp and os.path.isfile(out) and os.path.isfile(side):
         with open(side) as f:
@@ -338,7 +331,7 @@ def luminance_corr(result, content):
 
 # --- sheet and table --------------------------------------------------------------------
 def make_sheet(path, rows, title, box):
-    from minivgg.experiments import Tile, contact_sheet
+    from minivgg.experiments.pictures import Tile, contact_sheet
 
     grid = [(label, [Tile(t["image"], t["caption"]) for t in tiles]) for label, tiles in rows]
     sheet, _ = contact_sheet(grid, box=box, title=title)
@@ -422,6 +415,8 @@ def parse_args(argv):
 
 
 def check_inputs(args):
+    from minivgg.weights import file_sha256
+
     nsp = args.neural_style
     for f in ("neural_style.py", "CaffeLoader.py"):
         if not os.path.isfile(os.path.join(nsp, f)):
@@ -430,8 +425,8 @@ def check_inputs(args):
     if not os.path.isfile(args.weights):
         raise Fail(f"--weights {args.weights}: no such file (a minivgg .h5: python -m weights_tools)")
     args.weights = os.path.abspath(args.weights)
-    args.weights_sha256 = sha256(args.weights)
-    args.nsp_sha256 = sha256(os.path.join(args.neural_style, "neural_style.py"))
+    args.weights_sha256 = file_sha256(args.weights)
+    args.nsp_sha256 = file_sha256(os.path.join(args.neural_style, "neural_style.py"))
     if not os.path.isfile(os.path.join(args.minivgg_root, "minivgg", "__init__.py")):
         raise Fail(f"--minivgg-root {args.minivgg_root}: no minivgg package there")
     args.minivgg_root = os.path.abspath(args.minivgg_root)

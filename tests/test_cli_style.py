@@ -11,31 +11,18 @@ import time
 
 import pytest
 
+from helpers_cli import cli_files, style_args
 from minivgg import load_vgg
 from minivgg.cli import main
-from minivgg.image import atomic_write, load_image, resize, sample_image, save_image
+from minivgg.image import atomic_write, load_image
 from minivgg.methods import style_transfer
-from minivgg.vgg import random_weights
-from minivgg.weights import CAFFE, write_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cli")
-    params = random_weights("vgg16", seed=5)
-    weights = str(d / "vgg16-test.h5")
-    write_weights(weights, params, {"arch": "vgg16", "source_format": "test", "convention": CAFFE})
-    content, style = str(d / "content.png"), str(d / "style.png")
-    save_image(content, resize(sample_image("chelsea"), (32, 40)))
-    save_image(style, resize(sample_image("immunohistochemistry"), (32, 40)))
-    return {"weights": weights, "content": content, "style": style, "params": params}
-
-
-def style_args(files, out, *extra):
-    return ["style", "--content", files["content"], "--style", files["style"], "--size", "40", "--arch", "vgg16",
-            "--weights", files["weights"], "--out", str(out), "--quiet", *extra]
+    return cli_files(tmp_path_factory.mktemp("cli"))
 
 
 def read_log(path):
@@ -240,16 +227,16 @@ def test_init_file_tol_and_max_pooling(files, tmp_path):
 def test_sigint_during_setup_stops_at_the_first_iteration(files, tmp_path, monkeypatch):
     """A Ctrl-C while the weights load is remembered: the run stops at row 0 and still
     writes the initial image and the log."""
-    from minivgg import cli
+    from minivgg.cli import common
 
-    real = cli.load_net
+    real = common.load_net
 
     def load_and_interrupt(args, **kw):
         net = real(args, **kw)
         os.kill(os.getpid(), signal.SIGINT)
         return net
 
-    monkeypatch.setattr(cli, "load_net", load_and_interrupt)
+    monkeypatch.setattr(common, "load_net", load_and_interrupt)
     out, log = tmp_path / "o.png", tmp_path / "o.csv"
     assert main(style_args(files, out, "--iters", "50", "--log", str(log))) == 130
     _, rows = read_log(log)

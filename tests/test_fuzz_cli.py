@@ -12,29 +12,16 @@ import time
 import numpy as np
 import pytest
 
+from helpers_cli import cli_files, style_args
 from minivgg.cli import main
-from minivgg.image import load_image, resize, sample_image, save_image
-from minivgg.vgg import random_weights
-from minivgg.weights import CAFFE, write_weights
+from minivgg.image import load_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fuzzcli")
-    weights = str(d / "vgg16-test.h5")
-    write_weights(weights, random_weights("vgg16", seed=5), {"arch": "vgg16", "source_format": "test",
-                                                             "convention": CAFFE})
-    content, style = str(d / "content.png"), str(d / "style.png")
-    save_image(content, resize(sample_image("chelsea"), (32, 40)))
-    save_image(style, resize(sample_image("immunohistochemistry"), (32, 40)))
-    return {"weights": weights, "content": content, "style": style}
-
-
-def style_args(files, out, *extra):
-    return ["style", "--content", files["content"], "--style", files["style"], "--size", "40", "--arch", "vgg16",
-            "--weights", files["weights"], "--out", str(out), "--quiet", *extra]
+    return cli_files(tmp_path_factory.mktemp("fuzzcli"))
 
 
 def _one_error(capsys):

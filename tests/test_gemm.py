@@ -23,26 +23,17 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import as_strided
 
+from conftest import isa_levels
 from minivgg.cpu.fast import gemm as G
 from minivgg.cpu.fast import isa
 
 
-def _levels(names):
-    """pytest params for the levels ``names``, those this host lacks skipped with the reason."""
-    return [pytest.param(n, marks=pytest.mark.skipif(n not in isa.supported(), reason=(
-        f"ISA level {n} needs a host that has it; this one's level is {isa.host_level()}"))) for n in names]
 
 
-KERNEL_LEVELS = _levels(["avx2", "avx512"])  # the levels with a kernel of ours
-ALL_LEVELS = _levels(["blas", "avx2", "avx512"])
+KERNEL_LEVELS = isa_levels(["avx2", "avx512"])  # the levels with a kernel of ours
+ALL_LEVELS = isa_levels(["blas", "avx2", "avx512"])
 
 
-@pytest.fixture
-def level(request):
-    """The test body runs at ISA level ``request.param`` (isa.forced) with our kernel of that
-    level for the products (at avx2 too, where numpy's BLAS is the default), BLAS at blas."""
-    with isa.forced(request.param, gemm=None if request.param == "blas" else "ours"):
-        yield request.param
 
 SHAPES = [
     (1, 1, 1),

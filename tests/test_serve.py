@@ -449,3 +449,21 @@ def test_a_diverged_loss_is_null_in_json():
 
     body = _JSON({"losses": {"total": float("nan"), "style": float("inf"), "tv": 1.5}, "rows": [float("-inf")]}).body
     assert json.loads(body) == {"losses": {"total": None, "style": None, "tv": 1.5}, "rows": [None]}
+
+
+def test_the_layer_check_uses_the_servers_weights(tmp_path, monkeypatch):
+    """A job's layers are checked against the network of the server's --weights (as its
+    command will run), not against the cached weights' network."""
+    from minivgg.serve.params import ParamError, build_spec
+    from minivgg.vgg import random_weights
+    from minivgg.weights import CAFFE, write_weights
+
+    monkeypatch.setenv("MINIVGG_HOME", str(tmp_path / "empty-cache"))  # no cache: vgg19 by default
+    monkeypatch.delenv("MINIVGG_WEIGHTS", raising=False)
+    weights = str(tmp_path / "vgg16-test.h5")
+    write_weights(weights, random_weights("vgg16", seed=1), {"arch": "vgg16", "source_format": "test",
+                                                             "convention": CAFFE})
+    fields = [("method", "dream"), ("image", "sample:chelsea"), ("layer", "relu5_4")]  # VGG-19 only
+    assert build_spec(fields).args.arch == "vgg19"
+    with pytest.raises(ParamError, match="unknown layer 'relu5_4' for vgg16"):
+        build_spec(fields, weights=weights)

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from minivgg import experiments as ex
+from minivgg.experiments import execute, params, records
 from minivgg.cli import main
 from minivgg.image import save_image
 
@@ -23,7 +23,7 @@ SMALL = ["--size", "32", "--arch", "vgg16", "--quiet"]
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """These runs are tiny: one thread each is faster than several fighting over the cores."""
-    restore = ex._limit_threads(1)
+    restore = execute._limit_threads(1)
     yield
     restore()
 
@@ -117,7 +117,7 @@ def test_resume_skips_done_cells(tmp_path, images, capsys):
 def _wait_for_first_row(path, proc, timeout=120):
     t0 = time.time()
     while time.time() - t0 < timeout and proc.poll() is None:
-        if len(ex.read_csv(path)) >= 1:
+        if len(records.read_csv(path)) >= 1:
             return True
         time.sleep(0.1)
     return False
@@ -312,5 +312,20 @@ def test_error_is_one_line_from_the_command_line(tmp_path, images):
 def test_list_params(capsys):
     assert main(["sweep", "--list-params", "--method", "invert"]) == 0
     out = capsys.readouterr().out
-    for name in ex.PARAMS["invert"]:
+    for name in params.PARAMS["invert"]:
         assert name in out
+
+
+def test_the_arch_follows_the_weights_file(tmp_path, capsys, monkeypatch):
+    """Without --arch a sweep runs the weights file's network, as the other commands do."""
+    from minivgg.vgg import random_weights
+    from minivgg.weights import CAFFE, write_weights
+
+    monkeypatch.setenv("MINIVGG_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("MINIVGG_WEIGHTS", raising=False)
+    weights = str(tmp_path / "vgg16-test.h5")
+    write_weights(weights, random_weights("vgg16", seed=1), {"arch": "vgg16", "source_format": "test",
+                                                             "convention": CAFFE})
+    assert main(["sweep", "--list-params", "--method", "invert", "--weights", weights]) == 0
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("arch ")]
+    assert line and line[0].endswith("default vgg16")

@@ -20,7 +20,7 @@ def test_demo_compiles_nothing_after_the_warmup(tmp_path, monkeypatch):
     style transfer changes the image (a compile-eaten budget left style.png == content.png)."""
     from PIL import Image
 
-    from minivgg.demo import run_demo
+    from minivgg.cli.demo import run_demo
 
     monkeypatch.setenv("MINIVGG_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.delenv("MINIVGG_WEIGHTS", raising=False)
@@ -39,7 +39,7 @@ def test_demo_compiles_nothing_after_the_warmup(tmp_path, monkeypatch):
 def test_demo_budget_counts_the_optimization_only(tmp_path, monkeypatch, capsys):
     """A budget smaller than setting a run up (targets, the first objective) still gets the
     first update in: the clock starts at row 0, after the setup."""
-    import minivgg.demo as demo
+    import minivgg.cli.demo as demo
 
     monkeypatch.setenv("MINIVGG_HOME", str(tmp_path / "empty-cache"))
     monkeypatch.delenv("MINIVGG_WEIGHTS", raising=False)

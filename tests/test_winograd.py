@@ -11,25 +11,16 @@ transforms' (docs/winograd.md: 1.2e-6 - 2.6e-6 per layer), which the bounds are 
 import numpy as np
 import pytest
 
+from conftest import isa_levels
 from minivgg.cpu import ops
 from minivgg.cpu.fast import isa, winograd
 
 
-def _levels(names):
-    """pytest params for the levels ``names``, those this host lacks skipped with the reason."""
-    return [pytest.param(n, marks=pytest.mark.skipif(n not in isa.supported(), reason=(
-        f"ISA level {n} needs a host that has it; this one's level is {isa.host_level()}"))) for n in names]
 
 
-ALL_LEVELS = _levels(["blas", "avx2", "avx512"])
+ALL_LEVELS = isa_levels(["blas", "avx2", "avx512"])
 
 
-@pytest.fixture
-def level(request):
-    """The test body runs at ISA level ``request.param`` (isa.forced) with our kernel of that
-    level for the products (at avx2 too, where numpy's BLAS is the default), BLAS at blas."""
-    with isa.forced(request.param, gemm=None if request.param == "blas" else "ours"):
-        yield request.param
 
 
 def direct_conv(x, W, b=None):

@@ -254,7 +254,7 @@ def _factor_list(s):
 
 def control_kwargs(args):
     """style_transfer keyword arguments from the options of add_control_arguments."""
-    from ..cli import load_input
+    from ..image import load_input
 
     kw = {}
     masks = getattr(args, "style_mask", None)
@@ -315,10 +315,8 @@ def control_objective(net, P, styles, blend, style_shapes, shape, style_layers, 
 
 
 # --- sweep ------------------------------------------------------------------------------
-# The control parameters a sweep can vary (kinds as minivgg.experiments.KINDS: a tuple is
-# the choices). Wiring into experiments.PARAMS["style"] waits for that module's split:
-# KINDS.update(SWEEP_KINDS), PARAMS["style"] += tuple(SWEEP_KINDS), and
-# style_transfer(..., **sweep_kwargs(p)) in the cell runner.
+# The control parameters a sweep can vary (kinds as in minivgg.experiments.params.KINDS: a
+# tuple is the choices); params adds them to the style method's parameters.
 SWEEP_KINDS = {"color_transfer": COLOR_TRANSFERS, "normalize_gradients": ("off", "on")}
 
 

@@ -21,7 +21,7 @@ def add_parser(subparsers):
     """Add ``serve`` to the CLI's sub-parsers."""
     import argparse
 
-    from ..cli import nonneg_float, nonneg_int, positive_float, positive_int
+    from ..cli.args import nonneg_float, nonneg_int, positive_float, positive_int
 
     p = subparsers.add_parser(
         "serve", help="a local web page to run every method and watch it work",

@@ -77,7 +77,7 @@ def _static(name):
 
 def weights_in_use(arch, weights):
     """{"arch", "source": the file or "random"} for jobs of ``arch`` on this server."""
-    from ..experiments import weights_source
+    from ..experiments.execute import weights_source
 
     return {"arch": arch, "source": weights_source(arch, weights)}
 
@@ -293,7 +293,7 @@ def _create_job(queue, settings, fields):
     from ..image import save_image
 
     queue.check_room()
-    spec = P.build_spec(fields, max_size=settings.max_size)
+    spec = P.build_spec(fields, max_size=settings.max_size, weights=settings.weights)
     images = {name: P.check_image(up.option, up.data, settings.max_pixels) for name, up in spec.uploads.items()}
     longest = P.main_image_longest(spec, images)
     if longest is not None and longest > settings.max_size:

@@ -19,7 +19,6 @@ stopped is listed as failed when the server starts again on the same folder.
 
 import collections
 import csv
-import io
 import json
 import os
 import re
@@ -48,24 +47,10 @@ def _write_json(path, obj):
 
 
 def rows_csv(rows):
-    """Log rows as the CLI's CSV (minivgg.cli.write_log's columns and number format)."""
-    from ..cli import log_columns
+    """Log rows as the CLI's CSV (minivgg.cli.common.write_log's columns and number format)."""
+    from ..cli.common import log_csv
 
-    cols = log_columns(rows)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(cols)
-    for row in rows:
-        w.writerow([_fmt(row.get(c, 0.0)) for c in cols])
-    return buf.getvalue()
-
-
-def _fmt(v):
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, float):
-        return repr(v)
-    return v
+    return log_csv(rows)
 
 
 def _read_rows(path):

@@ -46,7 +46,7 @@ class ParamError(MiniVGGError):
 
 class _ApiParser(argparse.ArgumentParser):
     """The CLI's parsers with their error turned into an exception: the same text the
-    CLI prints after ``error:`` (minivgg.cli.ArgumentParser.error)."""
+    CLI prints after ``error:`` (minivgg.cli.common.ArgumentParser.error)."""
 
     def error(self, message):
         raise ParamError(f"{message} (see {self.prog} --help)")
@@ -56,14 +56,14 @@ class _ApiParser(argparse.ArgumentParser):
 
 
 def _build():
-    from .. import atlas, cli
+    from ..cli import dream, invert, style, texture, visualize
+    from ..cli.common import PROG
+    from ..experiments import atlas
 
-    top = _ApiParser(prog=cli.PROG)
+    top = _ApiParser(prog=PROG)
     sub = top.add_subparsers(dest="command", parser_class=_ApiParser)
-    for add in (cli.add_style_parser, cli.add_texture_parser, cli.add_invert_parser, cli.add_dream_parser,
-                cli.add_visualize_parser):
-        add(sub)
-    atlas.add_parser(sub)
+    for command in (style, texture, invert, dream, visualize, atlas):
+        command.add_parser(sub)
     return top, {m: sub.choices[m] for m in METHODS}
 
 
@@ -98,7 +98,7 @@ def _is_image(action):
 
 
 def _kind(method, action):
-    from ..cli import name_list
+    from ..cli.args import name_list
 
     if _is_image(action):
         return "image"
@@ -183,9 +183,11 @@ def _truthy(option, value):
     raise ParamError(f"{option}: expected true or false, got {value!r}")
 
 
-def build_spec(fields, max_size=None):
+def build_spec(fields, max_size=None, weights=None):
     """A JobSpec from the request's fields: a list of (name, value) with value a str or
-    an Upload; raises ParamError with the CLI's text for anything the CLI would refuse."""
+    an Upload; raises ParamError with the CLI's text for anything the CLI would refuse.
+    ``weights``: the server's --weights, so that the layer check uses their network as
+    the job's command will."""
     fields = list(fields)
     methods = [v for k, v in fields if k == "method"]
     if not methods:
@@ -233,7 +235,7 @@ def build_spec(fields, max_size=None):
             argv += [f"{option}={value}"] if str(value).startswith("-") else [option, value]
     for option, values in multi.items():
         argv += [option] + values
-    args = parse(method, argv + server_argv(method))  # atlas requires --out
+    args = parse(method, argv + server_argv(method, weights))  # atlas requires --out
     _check(method, args, max_size)
     return JobSpec(method, argv, args, uploads)
 
@@ -241,7 +243,7 @@ def build_spec(fields, max_size=None):
 def _check(method, args, max_size):
     """What the commands check before any work, that the parser does not: layer names,
     the style blend's length, --layer or --class; and the server's size limit."""
-    from .. import cli
+    from ..cli.visualize import class_index
     from ..vgg import layer_names
     from ..weights import arch_for
 
@@ -264,7 +266,7 @@ def _check(method, args, max_size):
             raise ParamError("give --layer (and optionally --channel) or --class")
         if args.class_index is not None:
             try:
-                cli.class_index(args.class_index)
+                class_index(args.class_index)
             except MiniVGGError as e:
                 raise ParamError(str(e)) from None
     if max_size:

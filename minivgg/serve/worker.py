@@ -6,7 +6,7 @@ Runs the job's command exactly as ``python -m minivgg <method> <argv>`` would
 callback also reports every log row and, every ``preview_seconds``, writes the
 image being optimized to ``current.png`` (atomically). ``atlas``, whose command runs
 its runs without a per-iteration callback, is run here from its public steps
-(``atlas.plan``, ``experiments.run_cell``, ``atlas.write_outputs``) so that each run
+(``atlas.plan``, ``execute.run_cell``, ``atlas.write_outputs``) so that each run
 reports its rows and image too, and the contact sheet is rewritten after each run.
 
 Protocol with the server: JSON lines on the original stdout (``{"row": {...}}``,
@@ -62,9 +62,9 @@ def _watch_stdin():
 
 
 def _runner_class(reporter):
-    from .. import cli
+    from ..cli import common
 
-    class ProgressRunner(cli.MethodRunner):
+    class ProgressRunner(common.MethodRunner):
         """The CLI's runner, reporting each row and the live image to the server."""
 
         def callback(self, rec):
@@ -79,18 +79,19 @@ def _runner_class(reporter):
 
 def run_command(method, argv, reporter):
     from .. import cli
+    from ..cli import common
 
-    if not isinstance(cli.MethodRunner, type):  # pragma: no cover - the CLI changed shape
-        raise RuntimeError("minivgg.cli.MethodRunner is not a class")
-    cli.MethodRunner = _runner_class(reporter)
+    if not isinstance(common.MethodRunner, type):  # pragma: no cover - the CLI changed shape
+        raise RuntimeError("minivgg.cli.common.MethodRunner is not a class")
+    common.MethodRunner = _runner_class(reporter)  # the commands look it up there when they run
     return cli.main([method] + list(argv))
 
 
 def run_atlas(argv, reporter):
     """The atlas command's steps, run by run: rows and live images per run, the sheet
     rewritten after each one; 130 when stopped, 2 with ``error:`` on a bad input."""
-    from .. import atlas, cli
-    from .. import experiments as ex
+    from .. import cli
+    from ..experiments import atlas, execute, pictures
     from ..errors import MiniVGGError
 
     parser = cli.build_parser()
@@ -100,7 +101,7 @@ def run_atlas(argv, reporter):
     except MiniVGGError as e:
         sys.stderr.write(f"error: {' '.join(str(e).split())}\n")
         return cli.EXIT_ERROR
-    note = ex.random_note(meta["source"], args.arch)
+    note = pictures.random_note(meta["source"], args.arch)
     if note:
         sys.stderr.write(f"note: {note}\n")
     reporter.send({"runs": len(cells), "rows": len(cells) * (args.iters + 1)})
@@ -114,7 +115,7 @@ def run_atlas(argv, reporter):
             step[0] += 1
             return STOP.is_set()
 
-        res = ex.run_cell(cell, callback=callback)
+        res = execute.run_cell(cell, callback=callback)
         results[res["key"]] = res
         atlas.write_outputs(args, cells, meta, results, note)
         reporter.send({"image": step[0], "sheet": k})

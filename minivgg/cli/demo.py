@@ -1,4 +1,4 @@
-"""``minivgg demo``: a style transfer and a texture on built-in photos.
+"""``minivgg demo``: a style transfer and a texture on built-in photos (docs/cli.md).
 
 The photos come from scikit-image's data module (shipped with the package, no network):
 the cat ``chelsea`` as content, the stained tissue ``immunohistochemistry`` as style,
@@ -16,7 +16,8 @@ import os
 import sys
 import time
 
-from .errors import MiniVGGError
+from ..errors import MiniVGGError
+from .args import iters_int, side_int
 
 DEMO_DIR = "minivgg-demo"
 CONTENT, STYLE, TEXTURE = "chelsea", "immunohistochemistry", "hubble_deep_field"
@@ -29,13 +30,13 @@ def run_demo(out_dir=DEMO_DIR, size=None, iters=None, device="cpu", quiet=False,
     """Run the demo; return the exit status (0)."""
     from tqdm import tqdm
 
-    from .backend import check_device
-    from .cli import write_log
-    from .image import resize, resize_longest, sample_image, save_image, side_by_side
-    from .methods import style_transfer, synthesize_texture
-    from .vgg import load_vgg
-    from .warmup import warmup
-    from .weights import arch_for, default_weights_path, describe
+    from ..backend import check_device
+    from .common import write_log
+    from ..image import resize, resize_longest, sample_image, save_image, side_by_side
+    from ..methods import style_transfer, synthesize_texture
+    from ..vgg import load_vgg
+    from ..warmup import warmup
+    from ..weights import arch_for, default_weights_path, describe
 
     check_device(device)
     size = size or (256 if device == "gpu" else 128)
@@ -55,7 +56,7 @@ def run_demo(out_dir=DEMO_DIR, size=None, iters=None, device="cpu", quiet=False,
     net = load_vgg(arch, weights=None, pooling="avg", device=device, up_to="relu5_1")
     if not quiet:
         sys.stderr.write(f"minivgg demo: {describe(net.source, net.arch, net.weights_meta)}\n")
-    # compile before any clock starts (the first run on a machine compiles for a minute or more)
+    # compile before any clock starts: the first run on a machine compiles, which the budget must not count
     warmup(device, poolings=("avg",), methods=("style", "texture"), max_side=size, quiet=quiet, prefix="minivgg demo")
     os.makedirs(out_dir, exist_ok=True)
     results = {}
@@ -99,3 +100,26 @@ def run_demo(out_dir=DEMO_DIR, size=None, iters=None, device="cpu", quiet=False,
           f"(content | style | style transfer | texture source | texture) and the inputs, results and logs in "
           f"{os.path.abspath(out_dir)}/")
     return 0
+
+
+def add_parser(sub):
+    p = sub.add_parser("demo", help="style transfer and a texture on built-in photos (about 1 minute on 2 cores; "
+                                    "2-3 the first time)",
+                       description="Runs a small style transfer and a texture synthesis on photos shipped with "
+                                   "scikit-image (no network needed) and writes the inputs, the results and a "
+                                   "side-by-side PNG. Uses fetched weights when present, else random weights. "
+                                   "First it compiles the CPU kernels it needs (`minivgg warmup`: 1-3 minutes on "
+                                   "2 cores on the first run on a machine, a few seconds once numba has cached "
+                                   "them), then optimizes each picture for at most --iters iterations or 60 s, "
+                                   "whichever comes first, compiling not counted: about a minute in all on a "
+                                   "2-core CPU once compiled.")
+    p.add_argument("--out", default=DEMO_DIR, metavar="DIR", help=f"output folder (default {DEMO_DIR})")
+    p.add_argument("--size", type=side_int, default=None, help="longest side (default 128; 256 with a GPU)")
+    p.add_argument("--iters", type=iters_int, default=None, help="iterations per result (default 60)")
+    p.add_argument("--device", choices=("cpu", "gpu", "emulated"), default="cpu", help="device (default cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(_run=run)
+
+
+def run(args):
+    return run_demo(args.out, size=args.size, iters=args.iters, device=args.device, quiet=args.quiet)

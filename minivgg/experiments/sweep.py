@@ -48,8 +48,9 @@ import re
 import sys
 import time
 
-from .errors import MiniVGGError
-from . import experiments as ex
+from ..errors import MiniVGGError
+from ..weights import arch_for
+from . import execute, params, pictures, records
 
 CONFIG_KEYS = ("method", "content", "style", "image", "weights", "device", "out", "workers", "scheduler", "set",
                "grid")
@@ -74,7 +75,7 @@ def add_arguments(p):
     p.add_argument("--set", action="append", default=[], metavar="PARAM=VALUE", dest="fixed",
                    help="fix a parameter for every cell; repeatable")
     p.add_argument("--out", help="the sweep's folder (created; an existing sweep there is resumed)")
-    p.add_argument("--method", choices=ex.METHODS, help="style (default), texture, invert or dream")
+    p.add_argument("--method", choices=params.METHODS, help="style (default), texture, invert or dream")
     p.add_argument("--content", help="content image (style); a path or sample:NAME (a built-in photo)")
     p.add_argument("--style", nargs="+", help="style image(s) (style); texture source (texture)")
     p.add_argument("--image", help="the image (invert, dream; texture source when no --style)")
@@ -146,50 +147,50 @@ def _split_assignment(text, option):
 def plan(args):
     """Read the config and options, check everything, and return the sweep as a dict
     (method, grid, fixed, inputs, cells, out, ...). Nothing is written."""
-    load_image = ex.load_input
+    load_image = execute.load_input
     cfg = load_config(args.config) if args.config else {}
     method = args.method or cfg.get("method") or "style"
-    if method not in ex.METHODS:
-        raise MiniVGGError(f"unknown method {method!r}; choose one of {', '.join(ex.METHODS)}")
+    if method not in params.METHODS:
+        raise MiniVGGError(f"unknown method {method!r}; choose one of {', '.join(params.METHODS)}")
     out = args.out or cfg.get("out")
     if not out:
         raise MiniVGGError("no output folder: give --out DIR (or out = \"DIR\" in the config)")
     # the grid: config first, then --grid (which replaces a parameter of the same name)
     grid = {}
     for name, values in cfg.get("grid", {}).items():
-        grid[ex.canonical_param(method, name)] = list(values)
+        grid[params.canonical_param(method, name)] = list(values)
     for text in args.grid:
         name, values = _split_assignment(text, "--grid")
         values = [v.strip() for v in values.split(",")]
         if any(v == "" for v in values):
             raise MiniVGGError(f"--grid {text!r}: empty value; separate values with commas")
-        grid[ex.canonical_param(method, name)] = values
+        grid[params.canonical_param(method, name)] = values
     if not grid:
         raise MiniVGGError("nothing to sweep: give --grid PARAM=V1,V2 (or a [grid] table in the config); "
-                           f"parameters of {method}: {', '.join(ex.PARAMS[method])}")
+                           f"parameters of {method}: {', '.join(params.PARAMS[method])}")
     fixed_raw = {}
     for name, value in cfg.get("set", {}).items():
-        fixed_raw[ex.canonical_param(method, name)] = value
+        fixed_raw[params.canonical_param(method, name)] = value
     for text in args.fixed:
         name, value = _split_assignment(text, "--set")
-        fixed_raw[ex.canonical_param(method, name)] = value
+        fixed_raw[params.canonical_param(method, name)] = value
     for name in SHORTCUTS:
         if getattr(args, name, None) is not None:
-            if name not in ex.PARAMS[method]:
+            if name not in params.PARAMS[method]:
                 raise MiniVGGError(f"--{name} is not a parameter of {method}")
             fixed_raw[name] = getattr(args, name)
     both = [n for n in fixed_raw if n in grid]
     if both:
         raise MiniVGGError(f"parameter {', '.join(both)} is both fixed and on the grid; give it once")
     # parse every value (layer names are checked against each cell's arch below)
-    fixed = {n: ex.parse_value(method, n, v) for n, v in fixed_raw.items()}
+    fixed = {n: params.parse_value(method, n, v) for n, v in fixed_raw.items()}
     parsed = {}
     for n, values in grid.items():
-        vals = [ex.parse_value(method, n, v) for v in values]
+        vals = [params.parse_value(method, n, v) for v in values]
         seen = set()
         for v in vals:
             if v in seen:
-                raise MiniVGGError(f"--grid {n}: value {ex.format_value(v)} appears twice")
+                raise MiniVGGError(f"--grid {n}: value {params.format_value(v)} appears twice")
             seen.add(v)
         parsed[n] = vals
     if "ratio" in parsed and ("style_weight" in parsed or "style_weight" in fixed) or \
@@ -220,23 +221,23 @@ def plan(args):
             raise MiniVGGError(f"method {method} needs an image (--image)")
         inputs = {"image": load_image(image or content)}
     device = args.device or cfg.get("device") or "cpu"
-    ex.check_device(device)
+    execute.check_device(device)
     workers = args.workers if args.workers is not None else cfg.get("workers")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise MiniVGGError(f"workers must be a positive integer; got {workers!r}")
     scheduler = args.scheduler or cfg.get("scheduler")
     if args.tile is not None and args.tile < 16:
         raise MiniVGGError(f"--tile must be at least 16 pixels; got {args.tile}")
-    defaults = ex.method_defaults(method)
+    defaults = dict(params.method_defaults(method), arch=arch_for(weights))  # the weights' network, as elsewhere
     names = list(parsed)
     cells = []
     for combo in itertools.product(*(parsed[n] for n in names)):
-        params = dict(defaults, **fixed)
-        params.update(zip(names, combo))
+        cell_params = dict(defaults, **fixed)
+        cell_params.update(zip(names, combo))
         key = cell_key(names, combo)
-        cell = {"key": key, "method": method, "params": params, "inputs": inputs, "weights": weights,
+        cell = {"key": key, "method": method, "params": cell_params, "inputs": inputs, "weights": weights,
                 "device": device, "grid": dict(zip(names, combo)), "file": cell_file(key)}
-        ex.check_cell(cell)
+        params.check_cell(cell)
         cells.append(cell)
     return {"method": method, "grid": parsed, "names": names, "fixed": {n: v for n, v in dict(defaults, **fixed).items()
                                                                          if n not in parsed},
@@ -246,7 +247,7 @@ def plan(args):
 
 def cell_key(names, values):
     """The cell's name: 'style_layers=relu1_1+relu2_1__iters=200'."""
-    return "__".join(f"{n}={ex.format_value(v)}" for n, v in zip(names, values))
+    return "__".join(f"{n}={params.format_value(v)}" for n, v in zip(names, values))
 
 
 def cell_file(key):
@@ -267,8 +268,8 @@ def manifest(sweep):
     for k, v in sweep["inputs"].items():
         inputs[k] = [digest(i) for i in v] if isinstance(v, list) else digest(v)
     archs = {c["params"]["arch"] for c in sweep["cells"]}
-    return {"method": sweep["method"], "fixed": {n: ex.format_value(v) for n, v in sweep["fixed"].items()},
-            "inputs": inputs, "weights": {a: ex.weights_source(a, sweep["weights"]) for a in sorted(archs)},
+    return {"method": sweep["method"], "fixed": {n: params.format_value(v) for n, v in sweep["fixed"].items()},
+            "inputs": inputs, "weights": {a: execute.weights_source(a, sweep["weights"]) for a in sorted(archs)},
             "device": sweep["device"]}
 
 
@@ -277,14 +278,14 @@ def run(args):
     """Run (or resume) the sweep; returns the exit status (0, or 130 after Ctrl-C)."""
     if args.list_params:
         method = args.method or (load_config(args.config).get("method") if args.config else None) or "style"
-        if method not in ex.METHODS:
-            raise MiniVGGError(f"unknown method {method!r}; choose one of {', '.join(ex.METHODS)}")
-        defaults = ex.method_defaults(method)
-        for n in ex.PARAMS[method]:
-            kind = ex.KINDS[n]
-            kind = "|".join(kind) if isinstance(kind, tuple) else ("|".join(ex.INITS[method]) if kind == "init"
+        if method not in params.METHODS:
+            raise MiniVGGError(f"unknown method {method!r}; choose one of {', '.join(params.METHODS)}")
+        defaults = dict(params.method_defaults(method), arch=arch_for(args.weights))
+        for n in params.PARAMS[method]:
+            kind = params.KINDS[n]
+            kind = "|".join(kind) if isinstance(kind, tuple) else ("|".join(params.INITS[method]) if kind == "init"
                                                                   else kind)
-            d = ex.format_value(defaults.get(n)) or "(method default)"
+            d = params.format_value(defaults.get(n)) or "(method default)"
             print(f"{n:15s} {kind:18s} default {d}")
         return 0
     sweep = plan(args)
@@ -316,21 +317,21 @@ def run(args):
         os.makedirs(os.path.join(out, "logs"), exist_ok=True)
     except OSError as e:
         raise MiniVGGError(f"{out}: cannot create the folder ({e.strerror})") from None
-    ex.atomic_write(man_path, lambda tmp: _write_json(tmp, man))
+    records.atomic_write(man_path, lambda tmp: _write_json(tmp, man))
 
     csv_path = os.path.join(out, "results.csv")
-    rows = {r["cell"]: r for r in ex.read_csv(csv_path) if r.get("cell")}
+    rows = {r["cell"]: r for r in records.read_csv(csv_path) if r.get("cell")}
     cells = sweep["cells"]
     done = [c for c in cells if _is_done(out, c, rows)]
     todo = [c for c in cells if c not in done]
     note = None
     for arch, source in man["weights"].items():
-        note = note or ex.random_note(source, arch)
+        note = note or pictures.random_note(source, arch)
     if note:
         print(f"note: {note}", flush=True)
     if done:
         print(f"resuming: {len(done)} of {len(cells)} cells already done in {out}", flush=True)
-    workers = sweep["workers"] or (1 if sweep["device"] == "gpu" else ex.default_workers())
+    workers = sweep["workers"] or (1 if sweep["device"] == "gpu" else execute.default_workers())
     workers = max(1, min(workers, len(todo)))
     by_key = {c["key"]: c for c in cells}
     columns = _columns(sweep)
@@ -342,10 +343,10 @@ def run(args):
             return
         row = {"cell": cell["key"], "file": "cells/" + cell["file"], "status": res["stopped"],
                "seconds": round(res["seconds"], 3), "weights": res.get("weights_source") or "",
-               "message": res["message"], **ex.loss_summary(res["history"])}
-        row.update({n: ex.format_value(v) for n, v in cell["params"].items()})
-        if ex.finished(res):
-            from .image import save_image
+               "message": res["message"], **records.loss_summary(res["history"])}
+        row.update({n: params.format_value(v) for n, v in cell["params"].items()})
+        if execute.finished(res):
+            from ..image import save_image
 
             save_image(os.path.join(out, "cells", cell["file"]), res["image"])
             _write_log(os.path.join(out, "logs", cell["file"][:-4] + ".csv"), res["history"])
@@ -354,10 +355,10 @@ def run(args):
         rows[cell["key"]] = row
         _write_results(csv_path, columns, cells, rows)
 
-    bar = ex.progress_bar(len(cells), initial=len(done), desc="sweep", quiet=args.quiet, unit="cell")
+    bar = execute.progress_bar(len(cells), initial=len(done), desc="sweep", quiet=args.quiet, unit="cell")
     t0 = time.perf_counter()
     try:
-        status = ex.execute(_longest_first(todo), workers=workers, scheduler=sweep["scheduler"], on_result=on_result,
+        status = execute.execute(_longest_first(todo), workers=workers, scheduler=sweep["scheduler"], on_result=on_result,
                             progress=bar)
     except KeyboardInterrupt:
         status = "interrupted"
@@ -367,7 +368,7 @@ def run(args):
     paths = write_pictures(sweep, rows, note, args.tile)
     n_done = sum(1 for c in cells if _is_done(out, c, rows))
     print(f"wrote {paths[0]}, {paths[1]}, {csv_path} ({n_done} of {len(cells)} cells done, "
-          f"{ex.fmt_seconds(time.perf_counter() - t0)})")
+          f"{pictures.fmt_seconds(time.perf_counter() - t0)})")
     if status == "interrupted":
         print(f"interrupted: {n_done} of {len(cells)} cells done; run the same command again to resume",
               file=sys.stderr)
@@ -393,26 +394,26 @@ def _is_done(out, cell, rows):
 
 def _columns(sweep):
     names = sweep["names"]
-    rest = [n for n in ex.PARAMS[sweep["method"]] if n not in names]
+    rest = [n for n in params.PARAMS[sweep["method"]] if n not in names]
     return ["cell", "file", *names, *RESULT_COLUMNS, *rest]
 
 
 def _write_results(path, columns, cells, rows):
     order = [c["key"] for c in cells]
     extra = [k for k in rows if k not in set(order)]  # rows of earlier grids in the same folder
-    ex.write_csv(path, columns, [rows[k] for k in order + extra if k in rows])
+    records.write_csv(path, columns, [rows[k] for k in order + extra if k in rows])
 
 
 def _write_log(path, history):
     cols = list(dict.fromkeys(k for h in history for k in h))
-    ex.write_csv(path, cols, history)
+    records.write_csv(path, cols, history)
 
 
 def _longest_first(cells):
     def cost(c):
         p = c["params"]
         layers = [n for k in ("layer", "layers", "style_layers", "content_layers") for n in (p.get(k) or ())]
-        depth = max((ex.pools_before(p["arch"], n) for n in layers), default=0)
+        depth = max((params.pools_before(p["arch"], n) for n in layers), default=0)
         return -(p["iters"] * (p.get("size") or 128) ** 2 * (depth + 1))
 
     return sorted(cells, key=cost)
@@ -420,49 +421,49 @@ def _longest_first(cells):
 
 def write_pictures(sweep, rows, note, tile=None):
     """grid.png (results on the parameters' axes) and curves.png, from the files in DIR."""
-    from .image import load_image
+    from ..image import load_image
 
     out, names, grid = sweep["out"], sweep["names"], sweep["grid"]
     col_name, row_names = names[-1], names[:-1]
     cols = grid[col_name]
     row_combos = list(itertools.product(*(grid[n] for n in row_names))) or [()]
     sizes = [c["params"].get("size") or 128 for c in sweep["cells"]]
-    box = tile or ex.default_box(max(sizes))
+    box = tile or pictures.default_box(max(sizes))
     by_grid = {tuple(c["grid"][n] for n in names): c for c in sweep["cells"]}
     sheet_rows, curves = [], []
     for combo in row_combos:
-        label = ", ".join(f"{n}={ex.format_value(v)}" for n, v in zip(row_names, combo))
+        label = ", ".join(f"{n}={params.format_value(v)}" for n, v in zip(row_names, combo))
         tiles = []
         for v in cols:
             cell = by_grid[tuple(combo) + (v,)]
             row = rows.get(cell["key"])
             path = os.path.join(out, "cells", cell["file"])
             if row is None:
-                tiles.append(ex.Tile(None, ["not run", ""], ex.FAINT))
+                tiles.append(pictures.Tile(None, ["not run", ""], pictures.FAINT))
                 continue
             if _is_done(out, cell, rows):
                 try:
                     img = load_image(path)
                 except MiniVGGError:
                     img = None
-                tiles.append(ex.Tile(img, [f"loss {ex.fmt_loss(_float(row.get('total')))}",
-                                           ex.fmt_seconds(_float(row.get("seconds")))]))
-                log = ex.read_csv(os.path.join(out, "logs", cell["file"][:-4] + ".csv"))
+                tiles.append(pictures.Tile(img, [f"loss {pictures.fmt_loss(_float(row.get('total')))}",
+                                           pictures.fmt_seconds(_float(row.get("seconds")))]))
+                log = records.read_csv(os.path.join(out, "logs", cell["file"][:-4] + ".csv"))
                 curves.append((cell["key"].replace("__", ", "), [_float(r.get("iter")) for r in log],
                                [_float(r.get("total")) for r in log]))
             else:
-                tiles.append(ex.Tile(None, [row.get("status", "failed"), (row.get("message") or "")[:40]], ex.WARN))
+                tiles.append(pictures.Tile(None, [row.get("status", "failed"), (row.get("message") or "")[:40]], pictures.WARN))
         sheet_rows.append((label, tiles))
-    fixed = ", ".join(f"{n}={ex.format_value(v)}" for n, v in sweep["fixed"].items() if v is not None)
+    fixed = ", ".join(f"{n}={params.format_value(v)}" for n, v in sweep["fixed"].items() if v is not None)
     weights = "random weights" if note else "pretrained weights"
     title = [f"minivgg sweep: {sweep['method']}, {weights}", *_wrap_plain(f"fixed: {fixed}", 150)]
-    headers = [f"{col_name}={ex.format_value(v)}" for v in cols]
+    headers = [f"{col_name}={params.format_value(v)}" for v in cols]
     corner = " x ".join(row_names) if row_names else ""
-    sheet, _layout = ex.contact_sheet(sheet_rows, box=box, title=title, col_headers=headers, corner=corner, note=note)
-    grid_path = ex.save_png(os.path.join(out, "grid.png"), sheet)
-    img = ex.loss_curves([("total loss per iteration", curves)], panel_size=(520, 300),
+    sheet, _layout = pictures.contact_sheet(sheet_rows, box=box, title=title, col_headers=headers, corner=corner, note=note)
+    grid_path = records.save_png(os.path.join(out, "grid.png"), sheet)
+    img = pictures.loss_curves([("total loss per iteration", curves)], panel_size=(520, 300),
                          title=f"minivgg sweep: {sweep['method']}, {weights}")
-    curves_path = ex.save_png(os.path.join(out, "curves.png"), img)
+    curves_path = records.save_png(os.path.join(out, "curves.png"), img)
     return grid_path, curves_path
 
 
@@ -485,7 +486,7 @@ def _float(v):
 
 
 def main(argv=None):
-    """``python -m minivgg.sweep``: the command on its own (same options)."""
+    """``python -m minivgg.experiments.sweep``: the command on its own (same options)."""
     parser = argparse.ArgumentParser(prog="minivgg sweep", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)

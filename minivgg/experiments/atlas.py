@@ -24,9 +24,9 @@ import os
 import sys
 import time
 
-from .errors import MiniVGGError
-from . import experiments as ex
-from .weights import arch_for
+from ..errors import MiniVGGError
+from . import execute, params, pictures, records
+from ..weights import arch_for
 
 CONTENT_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1")
 STYLE_LAYERS = CONTENT_LAYERS
@@ -54,12 +54,12 @@ def add_arguments(p):
                                    "(style transfer) appears")
     p.add_argument("--size", type=int, default=128, help="longest side of every run, in pixels (default 128)")
     p.add_argument("--iters", type=int, default=100, help="optimizer iterations per run (default 100)")
-    p.add_argument("--arch", default=None, choices=ex.ARCHS,
+    p.add_argument("--arch", default=None, choices=params.ARCHS,
                    help="network (default: the weights file's; without one, that of the cached weights, else vgg19)")
-    p.add_argument("--pooling", default="avg", choices=ex.POOLINGS)
+    p.add_argument("--pooling", default="avg", choices=params.POOLINGS)
     p.add_argument("--weights", help="converted HDF5 weights (default: the fetched ones, else random weights)")
-    p.add_argument("--optimizer", default="lbfgs", choices=ex.OPTIMIZERS)
-    p.add_argument("--line-search", default="strong_wolfe", choices=ex.LINE_SEARCHES,
+    p.add_argument("--optimizer", default="lbfgs", choices=params.OPTIMIZERS)
+    p.add_argument("--line-search", default="strong_wolfe", choices=params.LINE_SEARCHES,
                    help="L-BFGS line search (default strong_wolfe: steadier from white noise)")
     p.add_argument("--lr", type=float, help="step size (default: the optimizer's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the white-noise start images")
@@ -86,7 +86,7 @@ def add_arguments(p):
 
 def plan(args):
     """Check every input and output and return (cells, meta); no work is done yet."""
-    from .image import check_writable
+    from ..image import check_writable
 
     out = os.fspath(args.out)
     if os.path.splitext(out)[1].lower() != ".png":
@@ -102,10 +102,10 @@ def plan(args):
         raise MiniVGGError(f"--workers must be at least 1; got {args.workers}")
     if args.weights is not None and not os.path.isfile(args.weights):
         raise MiniVGGError(f"{args.weights}: no such weights file")
-    ex.check_device(args.device)
+    execute.check_device(args.device)
     args.arch = args.arch or arch_for(args.weights)
-    image = ex.load_input(args.image)
-    style = ex.load_input(args.style) if args.style else None
+    image = execute.load_input(args.image)
+    style = execute.load_input(args.style) if args.style else None
     content_layers = _layers(args.content_layers, args.arch, "--content-layers")
     style_layers = _layers(args.style_layers, args.arch, "--style-layers")
     for name, v in (("--content-weight", args.content_weight), ("--style-weight", args.style_weight),
@@ -118,12 +118,12 @@ def plan(args):
                 optimizer=args.optimizer, lr=args.lr, line_search=args.line_search)
     cells = []
 
-    def add(row, method, params, inputs, label):
-        p = dict(ex.method_defaults(method), **base)
-        p.update(params)
+    def add(row, method, given, inputs, label):
+        p = dict(params.method_defaults(method), **base)
+        p.update(given)
         cell = {"key": f"{row} {_short(label)}", "method": method, "params": p, "inputs": inputs,
                 "weights": args.weights, "device": args.device, "row": row, "layers": tuple(label)}
-        ex.check_cell(cell)
+        params.check_cell(cell)
         cells.append(cell)
 
     for layer in content_layers:
@@ -141,13 +141,13 @@ def plan(args):
             if args.style_weight is not None:
                 extra["style_weight"] = args.style_weight
             add("style", "style", extra, {"content": image, "style": [style]}, style_layers[:k])
-    meta = {"image": image, "style": style, "source": ex.weights_source(args.arch, args.weights),
+    meta = {"image": image, "style": style, "source": execute.weights_source(args.arch, args.weights),
             "content_layers": content_layers, "style_layers": style_layers}
     return cells, meta
 
 
 def _layers(text, arch, option):
-    from .vgg import layer_names
+    from ..vgg import layer_names
 
     names = [n.strip() for n in str(text).split(",") if n.strip()]
     if not names:
@@ -163,17 +163,17 @@ def _layers(text, arch, option):
 def run(args):
     """Make the atlas; returns the exit status (0, or 130 after Ctrl-C)."""
     cells, meta = plan(args)
-    note = ex.random_note(meta["source"], args.arch)
+    note = pictures.random_note(meta["source"], args.arch)
     if note:
         print(f"note: {note}", flush=True)
-    workers = args.workers if args.workers is not None else (1 if args.device == "gpu" else ex.default_workers())
+    workers = args.workers if args.workers is not None else (1 if args.device == "gpu" else execute.default_workers())
     results = {}
-    bar = ex.progress_bar(len(cells), desc="atlas", quiet=args.quiet, unit="run")
+    bar = execute.progress_bar(len(cells), desc="atlas", quiet=args.quiet, unit="run")
     t0 = time.perf_counter()
     # deeper runs first, so that the last ones to finish are short (better use of the workers)
     order = sorted(cells, key=lambda c: -_cost(c))
     try:
-        status = ex.execute(order, workers=workers, scheduler=args.scheduler,
+        status = execute.execute(order, workers=workers, scheduler=args.scheduler,
                             on_result=lambda r: results.__setitem__(r["key"], r), progress=bar)
     except KeyboardInterrupt:
         status = "interrupted"
@@ -181,8 +181,8 @@ def run(args):
         bar.close()
     paths = write_outputs(args, cells, meta, results, note)
     failed = [r for r in results.values() if r["stopped"] == "failed"]
-    done = sum(1 for r in results.values() if ex.finished(r))
-    print(f"wrote {paths[0]} ({done} of {len(cells)} runs, {ex.fmt_seconds(time.perf_counter() - t0)}), "
+    done = sum(1 for r in results.values() if execute.finished(r))
+    print(f"wrote {paths[0]} ({done} of {len(cells)} runs, {pictures.fmt_seconds(time.perf_counter() - t0)}), "
           f"{paths[1]}, {paths[2]}")
     if status == "interrupted":
         print("interrupted: the sheet shows the runs that finished", file=sys.stderr)
@@ -194,17 +194,15 @@ def run(args):
 
 
 def _cost(cell):
-    from .experiments import pools_before
-
     layers = [n for k in ("layer", "layers", "style_layers", "content_layers") for n in cell["params"].get(k) or ()]
-    return max(pools_before(cell["params"]["arch"], n) for n in layers) if layers else 0
+    return max(params.pools_before(cell["params"]["arch"], n) for n in layers) if layers else 0
 
 
 def write_outputs(args, cells, meta, results, note):
     """The sheet, the CSV and the loss curves; each file written atomically."""
     stem = os.path.splitext(os.fspath(args.out))[0]
     csv_path, curves_path = stem + ".csv", stem + "-curves.png"
-    box = args.tile or ex.default_box(args.size)
+    box = args.tile or pictures.default_box(args.size)
     weights = "random weights" if note else os.path.basename(meta["source"])
     title = [f"minivgg layer atlas: {args.arch}, {args.pooling} pooling, {weights}; {args.optimizer}, "
              f"{args.iters} iterations, size {args.size}, seed {args.seed}"]
@@ -218,19 +216,19 @@ def write_outputs(args, cells, meta, results, note):
         if not row_cells:
             continue
         img, what = originals[row]
-        tiles = [ex.Tile(img, [f"{what} ({img.shape[1]}x{img.shape[0]})", "original"], ex.FAINT)]
+        tiles = [pictures.Tile(img, [f"{what} ({img.shape[1]}x{img.shape[0]})", "original"], pictures.FAINT)]
         curves = []
         for c in row_cells:
             r = results.get(c["key"])
             label = _short(c["layers"]) if row != "content" else c["layers"][0]
             if r is None:
-                tiles.append(ex.Tile(None, [label, "not run"], ex.FAINT))
+                tiles.append(pictures.Tile(None, [label, "not run"], pictures.FAINT))
                 continue
-            s = ex.loss_summary(r["history"])
-            if ex.finished(r):
-                tiles.append(ex.Tile(r["image"], [label, f"{s['iterations']} it, loss {ex.fmt_loss(s['total'])}"]))
+            s = records.loss_summary(r["history"])
+            if execute.finished(r):
+                tiles.append(pictures.Tile(r["image"], [label, f"{s['iterations']} it, loss {pictures.fmt_loss(s['total'])}"]))
             else:
-                tiles.append(ex.Tile(None, [label, r["stopped"]], ex.WARN))
+                tiles.append(pictures.Tile(None, [label, r["stopped"]], pictures.WARN))
             curves.append((label, [h["iter"] for h in r["history"]], [h["total"] for h in r["history"]]))
             p = c["params"]
             csv_rows.append(dict(run=len(csv_rows) + 1, row=row, method=c["method"], layers=c["layers"],
@@ -240,11 +238,11 @@ def write_outputs(args, cells, meta, results, note):
                                  message=r["message"], **s))
         rows.append((ROWS[row], tiles))
         panels.append((ROWS[row].replace("\n", " "), curves))
-    sheet, _layout = ex.contact_sheet(rows, box=box, title=title, note=note)
-    curves = ex.loss_curves(panels, title=f"loss per iteration: {title[0][len('minivgg layer atlas: '):]}")
-    ex.save_png(args.out, sheet)
-    ex.write_csv(csv_path, CSV_COLUMNS, csv_rows)
-    ex.save_png(curves_path, curves)
+    sheet, _layout = pictures.contact_sheet(rows, box=box, title=title, note=note)
+    curves = pictures.loss_curves(panels, title=f"loss per iteration: {title[0][len('minivgg layer atlas: '):]}")
+    records.save_png(args.out, sheet)
+    records.write_csv(csv_path, CSV_COLUMNS, csv_rows)
+    records.save_png(curves_path, curves)
     return os.fspath(args.out), csv_path, curves_path
 
 
@@ -256,7 +254,7 @@ def _short(layers):
 
 
 def main(argv=None):
-    """``python -m minivgg.atlas``: the command on its own (same options)."""
+    """``python -m minivgg.experiments.atlas``: the command on its own (same options)."""
     parser = argparse.ArgumentParser(prog="minivgg atlas", description=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
