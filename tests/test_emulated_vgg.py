@@ -33,7 +33,9 @@ def weights():
 
 def test_emulated_device_uses_the_kernel_backend(weights):
     net = load_vgg("vgg16", weights=weights["vgg16"], device="emulated")
-    assert isinstance(net.ops, KernelOps) and net.ops.kind == "emulated" and net.xp is np
+    assert isinstance(net.ops.native, KernelOps) and net.ops.native.kind == "emulated" and net.xp is np
+    assert net.ops.conv2d_forward.__self__ is net.ops.native  # the kernels, not the reference
+    assert set(net.backend.fallbacks) == {"layer_weights", "compact_mask", "relu_conv2d_backward"}
     assert net.device == "emulated"
 
 
@@ -98,8 +100,11 @@ def test_emulated_vgg_batch_and_wrapping_grid_match_torch(weights):
     from helpers_torch import assert_float32_as_good_as_torch, torch_reference
 
     net = load_vgg("vgg16", weights=weights["vgg16"], pooling="avg", device="emulated")
+    from minivgg.backend import make_backend
+
+    tiny = make_backend("emulated", get_ops("emulated", threads=5, max_blocks=3, reverse=True))
     for layer in net.layers.values():  # swap in a tiny-grid backend
-        layer.ops = get_ops("emulated", threads=5, max_blocks=3, reverse=True)
+        layer.ops = tiny.ops
     rng = np.random.default_rng(8)
     x = (rng.standard_normal((2, 3, 35, 41)) * 30).astype(np.float32)
     feats = net.forward(x, ["relu3_3", "pool5"])
