@@ -1,10 +1,16 @@
 """VGG-16 / VGG-19 (Simonyan & Zisserman 2014) as a list of hand-written layers.
 
-Both nets are five blocks of 3x3 stride-1 pad-1 convolutions, each followed by a ReLU,
-and a 2x2 stride-2 pooling after every block; VGG-16 has 2, 2, 3, 3, 3 convs per block
-(13 in all), VGG-19 2, 2, 4, 4, 4 (16). The classifier (fc6 25088->4096, fc7
-4096->4096, fc8 4096->1000, ReLU after the first two) is kept only on request: image
-synthesis uses the convolutional part, at any input size.
+The architecture is written once, in ``minivgg/arch.py`` (five blocks of 3x3 convs, each
+followed by a ReLU, and a 2x2 pool after every block; the classifier fc6-fc8, kept only
+on request: image synthesis uses the convolutional part, at any input size). This module
+builds one layer per spec on a backend (``minivgg/backend.py``).
+
+A forward runs the steps of a plan (``minivgg/layers/fused.py``), made once per set of
+requested layers: the layers themselves, or fused layers standing for a conv and its
+ReLU (and the average pool after them) where the backend has the fused code and nobody
+asked for the inner output. ``Net.plan(layers).describe()`` shows them. The net never
+looks inside a step: a step computes its outputs, keeps its own cache, and runs its own
+backward.
 
 A ``Net`` owns its weights and the activations its last forward kept for backward.
 ``forward(x, layers)`` runs only as deep as the deepest requested layer;
@@ -132,7 +138,7 @@ class Net:
     def _one_blas_thread(self):
         """On the CPU the whole pass keeps numpy's BLAS single-threaded: the kernels split
         their work over minivgg's own pool, and BLAS threads left spinning after a
-        multi-threaded call slowed the next layers by ~20% (cpu/threads.py)."""
+        multi-threaded call slow the next layers (cpu/threads.py)."""
         if self.backend.name == "cpu":
             from .cpu.threads import one_blas_thread
 
@@ -212,7 +218,7 @@ class Net:
         called when the backward reaches that layer, so the array exists only from there
         on. ``losses.style_loss_deferred``'s are also added straight into the gradient
         arriving from the layers above (in the GEMM that makes them), so no second array
-        of that size exists at all (relu1_1's style gradient: 16 MB at 256x256).
+        of that size exists at all.
 
         keep=False drops each layer's forward cache as soon as its backward is done, which
         lowers the peak memory of an iteration (the methods do this); another backward
@@ -295,7 +301,7 @@ def load_vgg(arch="vgg19", weights=None, pooling="avg", device="cpu", keep_class
     convention: the input convention for a mapping (default Caffe: BGR, 0-255, mean
     subtracted); a file carries its own.
     up_to: a layer name (e.g. ``"relu5_1"``): build the net only that deep, and keep no
-    weights past it (VGG-19's conv5_2-conv5_4 are 28 MB that style transfer never uses).
+    weights past it (VGG-19's conv5_2-conv5_4, which style transfer never uses).
     Asking a forward or backward for a deeper layer is then an error.
     """
     conv_specs(arch)  # validates arch

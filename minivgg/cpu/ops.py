@@ -1,7 +1,10 @@
 """The CPU backend's ops: the arithmetic behind every layer, on numpy arrays.
 
-Same function names and contract on every backend (see ``minivgg/gpu`` for the CUDA
-twin); the math and its derivation live with the layers in ``minivgg/layers``.
+Same op names, signatures and cache layouts on every backend (``minivgg/backend.py``:
+``OPS``; ``minivgg/gpu/ops.py`` is the CUDA twin; what this module has no code for, the
+losses and the optimizer steps, the CPU Backend takes from the reference and lists in
+``Backend.describe()``). The math, its derivation and the reference code live with the
+layers in ``minivgg/layers``; conv caches are ``(x, W, stride, pad, state)``.
 Convolution: 3x3 stride-1 pad-1 float32 layers with at least ``WINOGRAD_MIN_CHANNELS``
 channels on the side the GEMM sums over, on maps of at least ``WINOGRAD_MIN_TILES`` 4x4
 tiles and ``WINOGRAD_MIN_WORK`` tiles x channels, go through Winograd F(4x4, 3x3)
@@ -23,14 +26,9 @@ from . import winograd
 WINOGRAD_MIN_CHANNELS = 16
 # Winograd only where a map has at least WINOGRAD_MIN_TILES 4x4 output tiles and a layer at
 # least WINOGRAD_MIN_WORK of work per transformed weight (tiles per image x the channels
-# summed over). Below them (maps under 13x13: conv4_x / conv5_1 of thumbnails) im2col's
-# single GEMM is as fast or faster (ms forward / backward, one layer: 512 channels at 8x8,
-# im2col 1.5 / 1.2 vs Winograd 2.1 / 2.6; at 12x12 2.5 / 2.2 vs 2.1 / 2.6) and the 4x-larger
-# transformed weights would cost memory. Above them Winograd wins: 256 channels at 16x16
-# 1.5 / 1.1 vs 1.0 / 1.05, 128 at 16x16 1.0 / 0.6 vs 0.36 / 0.38, 64 at 32x32 0.8 / 0.55 vs
-# 0.34 / 0.33; a 64x64 iteration 0.029 -> 0.024 s for 32 MB more (conv2_1 and conv3_x;
-# the threshold was 8192 work and no tile minimum). conv5_1 at 256x256 (16 tiles x 512)
-# is Winograd: 2.6 + 2.6 ms against im2col's 4.3 + 3.8.
+# summed over). Below them (small maps: conv4_x / conv5_1 of thumbnails) im2col's single GEMM
+# is as fast or faster and the 4x-larger transformed weights would cost memory; above them
+# Winograd's fewer multiplications win. docs/benchmarks.md has the runs behind the values.
 WINOGRAD_MIN_TILES = 16
 WINOGRAD_MIN_WORK = 2048
 
@@ -64,12 +62,11 @@ def _winograd_applies(x, W, stride, pad, summed_channels):
 #   auto   (the default) as keep, except that a layer of at least LARGE_PAIRS input x output
 #          channels (VGG's 512 x 512: conv4_2 - conv4_4, conv5_x; U 32 MiB each) makes U as
 #          it goes on maps of at most STREAM_TILES 4x4 tiles (16x16: conv5_1 at 256x256),
-#          where that costs least (+0.7 - 0.9 ms forward and backward against +1.2 - 1.4 at
-#          32x32 and +2.4 at 64x64, one layer alternated in one process);
+#          where remaking U costs least against the products it serves;
 #   keep   every Winograd layer keeps U: the fastest;
 #   large  the layers of at least LARGE_PAIRS channels make U as they go on every map;
 #   stream every Winograd layer makes U as it goes: the least memory.
-# Measured (scripts/bench.py and alternated in one process; docs/winograd.md).
+# docs/winograd.md and docs/benchmarks.md have the runs behind the thresholds.
 LARGE_PAIRS = 512 * 512
 STREAM_TILES = 16
 WEIGHTS_MODES = ("auto", "keep", "large", "stream")
@@ -207,9 +204,9 @@ def conv2d_backward(dy, cache, param_grads):
 
 
 # Above this many floats of columns per image, im2col's backward goes band by band of
-# output rows (conv1_1 at 512x512: 27 x 262144 columns, 28 MB, and the ReLU-masked
-# gradient they come from, 64 MB): each band's masked gradient and columns (~1 MB) stay
-# in cache, and neither full-size array is made.
+# output rows (conv1_1 at 512x512: 27 x 262144 columns, and the ReLU-masked gradient
+# they come from): each band's masked gradient and columns stay in cache, and neither
+# full-size array is made.
 IM2COL_BAND_ABOVE = 1 << 21
 IM2COL_BAND_FLOATS = 1 << 18
 
@@ -255,7 +252,7 @@ def _im2col_backward_input(dy, W, stride, pad, x_shape, mask=None, extra=None):
 class _InputShape:
     """What a fused conv + ReLU keeps of its input: the shape and dtype its backward to the
     input needs. Keeping the input itself would hold a pool's output (or the image) alive
-    through the pass for nothing: 31 MB at 512x512."""
+    through the pass for nothing."""
 
     __slots__ = ("shape", "dtype")
 
@@ -288,7 +285,7 @@ def relu_conv2d_backward(dy, y, cache, extra=None, pooled=False):
 
     pooled: dy is the gradient at the output of a 2x2 stride-2 average pool of y (VGG's
     pooling after a block's last ReLU); the pool's backward is folded into the same input
-    transform, so its full-size output is never made (peak -65 MB at 512x512)."""
+    transform, so its full-size output is never made."""
     x, W, stride, pad, state = cache
     winograd_ok = dy.dtype == np.float32 and _winograd_applies(x, W, stride, pad, W.shape[0])
     extra_fits = extra is None or (extra.shape == y.shape and extra.dtype == dy.dtype)
@@ -305,7 +302,7 @@ def relu_conv2d_backward(dy, y, cache, extra=None, pooled=False):
 def compact_mask(y):
     """What a ReLU keeps of its output y once the next layer has read it and nobody asked for
     it: (y > 0) as uint8 (a quarter of y), which every backward here takes as the mask
-    (relu1_2 - relu4_4's outputs, 126 MB at 512x512). Anything but a C-contiguous float32
+    (relu1_2 - relu4_4's outputs). Anything but a C-contiguous float32
     y is returned as it is."""
     if isinstance(y, np.ndarray) and y.dtype == np.float32 and y.flags.c_contiguous:
         return fused.relu_mask(y)
