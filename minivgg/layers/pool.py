@@ -16,16 +16,9 @@ to the first maximal element of window (i, j) (row-major scan, as torch); every 
 element gets 0. Only the argmax offset ``a*k + e`` is kept for backward.
 """
 
-import numpy as np
-
 from ..backend import get_array_module
+from ..tolerances import POOL_TIE_BELOW  # noqa: F401  (the near-tie refinement before a max pool)
 from .base import Layer
-
-# Before a max pool, a fused conv + ReLU recomputes exactly the outputs within this
-# fraction of the layer's largest output of their window's maximum, so the pool picks the
-# unit an exact computation picks (an argmax between values closer than the float32
-# error is otherwise decided by rounding). The CPU and GPU backends use the same value.
-POOL_TIE_BELOW = np.float32(3e-5)
 
 
 def _windows(x, k, s):
