@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from minivgg import arch
+from minivgg import arch as vgg_arch
 from minivgg.vgg import layer_names
 
 
@@ -13,7 +13,7 @@ def torch_vgg(arch, params, pooling, keep_classifier=False, dtype=None):
     names = layer_names(arch, keep_classifier)
     mods = []
     for name in names:
-        kind = arch.kind(name)
+        kind = vgg_arch.kind(name)
         if kind == "conv":
             W, b = params[name]
             m = torch.nn.Conv2d(W.shape[1], W.shape[0], 3, 1, 1)
