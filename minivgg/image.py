@@ -241,26 +241,27 @@ def estimate_memory(net, height, width, deepest, copies=1):
     """Rough bytes a forward + backward to layer ``deepest`` needs at (height, width):
     every layer's output kept for backward, the largest im2col buffer, a few gradient
     buffers and the weights; ``copies`` forwards kept at once (e.g. targets)."""
-    from .vgg import conv_specs
+    from . import arch
 
-    channels = {name: cout for name, _cin, cout in conv_specs(net.arch)}
     h, w, c = height, width, 3
     total = 0
     largest_cols = largest_act = 0
-    for name in net.layer_names:
-        if name.startswith("conv"):
-            largest_cols = max(largest_cols, 9 * c * h * w)
-            c = channels[name]
-        elif name.startswith("pool"):
-            h, w = h // 2, w // 2
-        elif name.startswith("fc"):
-            c, h, w = 4096, 1, 1
+    for spec in arch.specs(net.arch, net.keep_classifier):
+        if spec.name not in net.layer_names:
+            break
+        if spec.kind == "conv":
+            largest_cols = max(largest_cols, spec.k * spec.k * c * h * w)
+        elif spec.kind == "pool":
+            h, w = h // spec.stride, w // spec.stride
+        elif spec.kind == "fc":
+            h = w = 1
+        c = spec.c_out
         act = c * h * w
         largest_act = max(largest_act, act)
         total += act
-        if name == deepest:
+        if spec.name == deepest:
             break
-    weights = sum(9 * cin * cout + cout for _n, cin, cout in conv_specs(net.arch))
+    weights = sum(9 * cin * cout + cout for _n, cin, cout in arch.conv_specs(net.arch))
     return 4 * (copies * total + largest_cols + 4 * largest_act + weights + 16 * height * width * 3)
 
 

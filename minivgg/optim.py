@@ -28,7 +28,7 @@ is in docs/optim.md.
 import math
 import time
 
-from .backend import get_array_module
+from .backend import ReferenceOps, get_array_module
 from .errors import MiniVGGError
 
 OPTIMIZERS = ("lbfgs", "adam", "sgd")
@@ -95,9 +95,9 @@ class Optimizer:
 
     name = "optimizer"
     default_lr = 1.0
-    # A backend (minivgg.gpu's KernelOps) whose adam_update / sgd_update kernels do the
-    # update steps in place; None: array expressions (numpy or cupy).
-    ops = None
+    # The backend ops whose adam_update / sgd_update do the update steps in place (the
+    # net's: kernels on the GPU); by default the reference (array expressions, numpy or cupy).
+    ops = ReferenceOps()
 
     def __init__(self, lr=None, tol=0.0):
         self.lr = self.default_lr if lr is None else float(lr)
@@ -197,18 +197,12 @@ class SGD(Optimizer):
             mean = float(xp.abs(g).mean())
             if mean > 0:
                 self.lr = self.first_step / mean
-        if self.momentum > 0 and hasattr(self.ops, "sgd_update"):
-            first = self.buf is None
-            if first:
-                self.buf = get_array_module(x).empty_like(x)
-            return self.ops.sgd_update(x.copy(), g, self.buf, self.lr, self.momentum, first=first)
         if self.momentum == 0:
-            d = g
-        elif self.buf is None:
-            d = self.buf = g.copy()
-        else:
-            d = self.buf = self.buf * self.momentum + g
-        return x - self.lr * d
+            return x - self.lr * g
+        first = self.buf is None
+        if first:
+            self.buf = get_array_module(x).empty_like(x)
+        return self.ops.sgd_update(x.copy(), g, self.buf, self.lr, self.momentum, first=first)
 
 
 class Adam(Optimizer):
@@ -232,15 +226,7 @@ class Adam(Optimizer):
         self.v = xp.zeros_like(x)
 
     def _step(self, x, g, k):
-        if hasattr(self.ops, "adam_update"):
-            return self.ops.adam_update(x.copy(), g, self.m, self.v, k, self.lr, self.b1, self.b2, self.eps)
-        xp = get_array_module(x)
-        self.m = self.m * self.b1 + g * (1 - self.b1)
-        self.v = self.v * self.b2 + (g * g) * (1 - self.b2)
-        bc1 = 1 - self.b1**k
-        bc2 = 1 - self.b2**k
-        denom = xp.sqrt(self.v) / math.sqrt(bc2) + self.eps
-        return x - (self.lr / bc1) * (self.m / denom)
+        return self.ops.adam_update(x.copy(), g, self.m, self.v, k, self.lr, self.b1, self.b2, self.eps)
 
 
 class LBFGS(Optimizer):

@@ -1,10 +1,16 @@
 """VGG-16 / VGG-19 (Simonyan & Zisserman 2014) as a list of hand-written layers.
 
-Both nets are five blocks of 3x3 stride-1 pad-1 convolutions, each followed by a ReLU,
-and a 2x2 stride-2 pooling after every block; VGG-16 has 2, 2, 3, 3, 3 convs per block
-(13 in all), VGG-19 2, 2, 4, 4, 4 (16). The classifier (fc6 25088->4096, fc7
-4096->4096, fc8 4096->1000, ReLU after the first two) is kept only on request: image
-synthesis uses the convolutional part, at any input size.
+The architecture is written once, in ``minivgg/arch.py`` (five blocks of 3x3 convs, each
+followed by a ReLU, and a 2x2 pool after every block; the classifier fc6-fc8, kept only
+on request: image synthesis uses the convolutional part, at any input size). This module
+builds one layer per spec on a backend (``minivgg/backend.py``).
+
+A forward runs the steps of a plan (``minivgg/layers/fused.py``), made once per set of
+requested layers: the layers themselves, or fused layers standing for a conv and its
+ReLU (and the average pool after them) where the backend has the fused code and nobody
+asked for the inner output. ``Net.plan(layers).describe()`` shows them. The net never
+looks inside a step: a step computes its outputs, keeps its own cache, and runs its own
+backward.
 
 A ``Net`` owns its weights and the activations its last forward kept for backward.
 ``forward(x, layers)`` runs only as deep as the deepest requested layer;
@@ -18,54 +24,16 @@ import sys
 
 import numpy as np
 
+from . import arch as _arch
 from . import weights as weights_mod
-from .backend import array_module_for, get_ops, to_host
+from .arch import BLOCKS, FC, WIDTHS, conv_specs, layer_names  # noqa: F401  (the names callers import from here)
+from .backend import get_backend, to_host
 from .errors import MiniVGGError
 from .layers import AvgPool2d, Conv2d, Linear, MaxPool2d, ReLU
+from .layers.fused import add_gradient, plan
 
-BLOCKS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
-WIDTHS = (64, 128, 256, 512, 512)
-FC = (("fc6", 512 * 7 * 7, 4096), ("fc7", 4096, 4096), ("fc8", 4096, 1000))
-
-
-def conv_specs(arch):
-    """[(name, c_in, c_out)] for the conv layers of ``arch``."""
-    if arch not in BLOCKS:
-        raise MiniVGGError(f"unknown architecture {arch!r}; choose vgg16 or vgg19")
-    specs, c_in = [], 3
-    for blk, (n, width) in enumerate(zip(BLOCKS[arch], WIDTHS), start=1):
-        for i in range(1, n + 1):
-            specs.append((f"conv{blk}_{i}", c_in, width))
-            c_in = width
-    return specs
-
-
-def layer_names(arch, keep_classifier=False):
-    """The ordered layer names: conv1_1, relu1_1, ..., pool5 (then fc6 ... fc8)."""
-    names = []
-    for blk, n in enumerate(BLOCKS[arch], start=1):
-        for i in range(1, n + 1):
-            names += [f"conv{blk}_{i}", f"relu{blk}_{i}"]
-        names.append(f"pool{blk}")
-    if keep_classifier:
-        names += ["fc6", "relu6", "fc7", "relu7", "fc8"]
-    return names
-
-
-def layer_block(name):
-    """The block a layer belongs to: 1-5 for conv/relu/pool (relu4_2 -> 4), 6 for the classifier."""
-    for prefix in ("conv", "relu", "pool"):
-        if name.startswith(prefix) and name[len(prefix):len(prefix) + 1].isdigit():
-            return int(name[len(prefix)])
-    return 6
-
-
-def layer_channels(name):
-    """N_l, the number of channels of layer ``name`` (conv4_2, relu4_2, pool4 -> 512)."""
-    block = layer_block(name)
-    if block <= 5:
-        return WIDTHS[block - 1]
-    return 1000 if name == "fc8" else 4096
+layer_block = _arch.block
+layer_channels = _arch.channels
 
 
 def random_weights(arch, keep_classifier=False, seed=0):
@@ -94,34 +62,40 @@ class Net:
         self.convention = dict(convention or weights_mod.CAFFE)
         self.source = source
         self.weights_meta = weights_meta  # the weights file's attributes (None: random or a mapping)
-        self.ops = get_ops(device)
-        self.xp = array_module_for(device)
-        self.layer_names = layer_names(arch, keep_classifier)
+        self.backend = get_backend(device)
+        self.ops, self.xp = self.backend.ops, self.backend.xp
+        self.specs = _arch.specs(arch, keep_classifier)
+        self.layer_names = [spec.name for spec in self.specs]
         self.up_to = up_to
         if up_to is not None:
             if up_to not in self.layer_names:
                 raise MiniVGGError(f"up_to: unknown layer {up_to!r} for {arch}; valid layers: {', '.join(self.layer_names)}")
-            if keep_classifier and not up_to.startswith(("fc", "relu6", "relu7")):
+            if keep_classifier and _arch.block(up_to) != 6:
                 raise MiniVGGError(f"keep_classifier keeps fc6-fc8, but up_to={up_to!r} stops before them")
             self.layer_names = self.layer_names[: self.layer_names.index(up_to) + 1]
         self._check_params(params)
+        self.specs = self.specs[: len(self.layer_names)]
         self.layers = {}
-        for name in self.layer_names:
-            if name.startswith("conv"):
+        for spec in self.specs:
+            name = spec.name
+            if spec.kind == "conv":
                 W, b = params[name]
-                self.layers[name] = Conv2d(self._dev(W), self._dev(b), 1, 1, ops=self.ops)
-            elif name.startswith("fc"):
+                layer = Conv2d(self._dev(W), self._dev(b), spec.stride, spec.pad, ops=self.ops, name=name)
+            elif spec.kind == "fc":
                 W, b = params[name]
-                self.layers[name] = Linear(self._dev(W), self._dev(b), ops=self.ops)
-            elif name.startswith("relu"):
-                self.layers[name] = ReLU(ops=self.ops)
+                layer = Linear(self._dev(W), self._dev(b), ops=self.ops, name=name)
+            elif spec.kind == "relu":
+                layer = ReLU(ops=self.ops, name=name)
             else:
                 pool = AvgPool2d if pooling == "avg" else MaxPool2d
-                self.layers[name] = pool(2, 2, ops=self.ops)
+                layer = pool(spec.k, spec.stride, ops=self.ops, name=name)
+            self.layers[name] = layer
+        self._plans = {}  # (asked-for layers, deepest) -> Plan, made once per request
+        self._plan = None  # the last forward's
         self._index = {n: i for i, n in enumerate(self.layer_names)}
         self._depth = -1  # index of the deepest layer the last forward computed
         self._released = False  # backward(keep=False) dropped the last forward's caches
-        self._cpu_arena = None  # cpu/arena.py, made on the first CPU forward
+        self._cpu_arena = None  # cpu/fast/arena.py, made on the first CPU forward
 
     def _dev(self, a):
         return self.xp.asarray(np.ascontiguousarray(a, dtype=np.float32))
@@ -133,7 +107,7 @@ class Net:
         expect = {name: shapes for name, shapes in expect.items() if name in self.layer_names}
         for name, (wshape, bshape) in expect.items():
             if name not in params:
-                what = "classifier layer" if name.startswith("fc") else "layer"
+                what = "classifier layer" if _arch.kind(name) == "fc" else "layer"
                 raise MiniVGGError(f"weights for {self.arch} lack {what} {name}")
             W, b = params[name]
             if tuple(np.shape(W)) != wshape or tuple(np.shape(b)) != bshape:
@@ -164,8 +138,8 @@ class Net:
     def _one_blas_thread(self):
         """On the CPU the whole pass keeps numpy's BLAS single-threaded: the kernels split
         their work over minivgg's own pool, and BLAS threads left spinning after a
-        multi-threaded call slowed the next layers by ~20% (cpu/threads.py)."""
-        if self.device == "cpu":
+        multi-threaded call slow the next layers (cpu/fast/threads.py)."""
+        if self.backend.name == "cpu":
             from .cpu.fast.threads import one_blas_thread
 
             return one_blas_thread()
@@ -173,8 +147,8 @@ class Net:
 
     def _arena(self):
         """On the CPU the forward's outputs come from an arena that hands the previous
-        pass's arrays back when nobody holds them any more (cpu/arena.py)."""
-        if self.device == "cpu":
+        pass's arrays back when nobody holds them any more (cpu/fast/arena.py)."""
+        if self.backend.name == "cpu":
             if self._cpu_arena is None:
                 from .cpu.fast.arena import Arena, keep_freed_memory
 
@@ -198,49 +172,44 @@ class Net:
         if x.dtype not in (np.float32, np.float64):
             x = x.astype(np.float32)
         depth = max(self._index[l] for l in layers)
-        for l in self.layers.values():
-            l.clear()
+        self._check_shapes(x, depth)
+        if self._plan is not None:
+            self._plan.clear()
         self._released = False
-        wanted, out, h = set(layers), {}, x
-        fuse = hasattr(self.ops, "conv2d_relu_forward")
-        compact = getattr(self.ops, "compact_mask", None)
-        i = 0
-        while i <= depth:
-            first = i
-            name = self.layer_names[i]
-            if name == "fc6" and h.shape[2:] != (7, 7):
-                raise MiniVGGError(
-                    f"the classifier needs pool5 of 7x7 (a 224x224 input); this input gives pool5 of {h.shape[2]}x{h.shape[3]}"
-                )
-            if name.startswith("pool") and min(h.shape[2:]) < 2:
-                raise MiniVGGError(f"input {x.shape[2]}x{x.shape[3]} is too small to reach {name}; use a larger image")
-            layer = self.layers[name]
-            if fuse and name.startswith("conv") and name not in wanted and i < depth and self.layer_names[i + 1].startswith("relu"):
-                # conv + ReLU in one pass when nobody asked for the pre-activation (the CPU
-                # backend folds bias and ReLU into its output transform); both layers keep
-                # what their own forward would have kept.
-                relu = self.layers[self.layer_names[i + 1]]
-                # a max pool next: its near-ties are recomputed exactly (docs/winograd.md)
-                ties = self.pooling == "max" and i + 2 <= depth and self.layer_names[i + 2].startswith("pool")
-                h, layer._cache = self.ops.conv2d_relu_forward(
-                    h, layer.W, layer.b, layer.stride, layer.pad, layer.state, pool_ties=ties)
-                relu._cache = h
-                i += 1
-                name = self.layer_names[i]
-            else:
-                h = layer.forward(h)
-            if name in wanted:
-                out[name] = h
-            below = self.layer_names[first - 1] if first > 0 else ""
-            if compact is not None and below.startswith("relu") and below not in wanted and (
-                    name.startswith("pool") or first < i):
-                # the ReLU below has been read (by a pool, or by a fused conv + ReLU, whose
-                # caches keep only its shape): its backward needs just the mask
-                relu = self.layers[below]
-                relu._cache = compact(relu._cache)
-            i += 1
+        wanted = set(layers)
+        self._plan = p = self.plan(wanted, depth)
+        out, h = {}, x
+        for j, step in enumerate(p.steps):
+            h = step.forward(h)
+            out.update((n, v) for n, v in step.outputs(h).items() if n in wanted)
+            if j - 1 in p.compact_after:  # its output has been read: a mask is all its backward needs
+                p.steps[j - 1].compact()
         self._depth = depth
         return out
+
+    def plan(self, layers, depth=None):
+        """The steps a forward to ``layers`` runs (layers/fused.py), made once per request.
+        ``net.plan(["relu4_2"]).describe()`` prints them."""
+        layers = frozenset(self.check_layers(layers))
+        if depth is None:
+            depth = max(self._index[l] for l in layers)
+        key = (layers, depth)
+        p = self._plans.get(key)
+        if p is None:
+            p = self._plans[key] = plan([self.layers[n] for n in self.layer_names[: depth + 1]], layers, self.backend)
+        return p
+
+    def _check_shapes(self, x, depth):
+        """Refuse an input the layers up to ``depth`` cannot take, before computing anything."""
+        shape = tuple(x.shape)
+        for spec in self.specs[: depth + 1]:
+            if spec.name == "fc6" and shape[2:] != (7, 7):
+                raise MiniVGGError(
+                    f"the classifier needs pool5 of 7x7 (a 224x224 input); this input gives pool5 of {shape[2]}x{shape[3]}"
+                )
+            if spec.kind == "pool" and min(shape[2:]) < spec.k:
+                raise MiniVGGError(f"input {x.shape[2]}x{x.shape[3]} is too small to reach {spec.name}; use a larger image")
+            shape = self.layers[spec.name].out_shape(shape)
 
     def backward(self, grads, keep=True):
         """Gradient wrt the last forward's input of ``sum_l <grads[l], F_l(x)>``.
@@ -249,7 +218,7 @@ class Net:
         called when the backward reaches that layer, so the array exists only from there
         on. ``losses.style_loss_deferred``'s are also added straight into the gradient
         arriving from the layers above (in the GEMM that makes them), so no second array
-        of that size exists at all (relu1_1's style gradient: 16 MB at 256x256).
+        of that size exists at all.
 
         keep=False drops each layer's forward cache as soon as its backward is done, which
         lowers the peak memory of an iteration (the methods do this); another backward
@@ -277,57 +246,21 @@ class Net:
         if deepest > self._depth:
             raise MiniVGGError(f"backward from {self.layer_names[deepest]}, but the last forward stopped at {self.layer_names[self._depth]}")
         g, ours = None, False  # ours: g is a temporary of this loop, free to update in place
-        fuse = hasattr(self.ops, "relu_conv2d_backward")
-        i = deepest
-        while i >= 0:
-            name = self.layer_names[i]
-            below = self.layer_names[i - 1] if i > 0 else ""
-            fused = fuse and name.startswith("relu") and below.startswith("conv") and below not in grads
-            extra = None  # a loss gradient on this ReLU's output, added inside the fused op
-            if name in grads and ours and hasattr(grads[name], "add_to") and grads[name].fits(g):
-                g = grads[name].add_to(g)  # made straight into g (losses.style_loss_deferred): no second array
-            elif name in grads:
-                gi = grads[name]
-                made = callable(gi)  # a function making the array: the array is ours
-                gi = self.xp.asarray(gi() if made else gi)
-                if g is None:
-                    g, ours = gi, made
-                elif fused and g.shape == gi.shape and g.dtype == gi.dtype:
-                    extra = gi
-                elif ours and g.shape == gi.shape and g.dtype == np.result_type(g.dtype, gi.dtype):
-                    g += gi
-                else:
-                    g = g + gi
-            top = i
-            if self._pool_fuses(i, grads):
-                # an average pool's backward folded into the input transform of the ReLU-conv
-                # below it (its full-size output is never written)
-                relu, conv = self.layers[self.layer_names[i - 1]], self.layers[self.layer_names[i - 2]]
-                g = self.ops.relu_conv2d_backward(g, relu._need_cache(), conv._need_cache(), None, pooled=True)
-                i -= 3
-            elif fused:
-                # ReLU's mask folded into the conv's backward (one pass, no masked copy of g)
-                relu, conv = self.layers[name], self.layers[below]
-                g = self.ops.relu_conv2d_backward(g, relu._need_cache(), conv._need_cache(), extra)
-                i -= 2
-            else:
-                g = self.layers[name].backward(g)
-                i -= 1
+        steps = self._plan.steps
+        last = self._plan.index[self.layer_names[deepest]]
+        for j in range(last, -1, -1):
+            step = steps[j]
+            names = step.names
+            top = names[-1]
+            extra = None  # a second gradient at the step's output, added inside its own pass
+            if top in grads and self._index[top] <= deepest:
+                g, extra, ours = add_gradient(g, grads[top], ours, self.xp, fold=step.takes_extra)
+            inner = {n: grads[n] for n in names[:-1] if n in grads and self._index[n] <= deepest}
+            g = step.backward_step(g, extra, inner)  # g None: the deepest gradient is an inner one
             ours = True
-            if not keep:  # these layers' caches are spent: let their arrays go now
-                for done in self.layer_names[i + 1 : top + 1]:
-                    self.layers[done].clear()
+            if not keep:  # this step's caches are spent: let its arrays go now
+                step.clear()
         return g
-
-    def _pool_fuses(self, i, grads):
-        """Whether layer i is a 2x2 average pool whose backward the CPU backend can fold
-        into the ReLU-conv below it (nothing asked of those two layers)."""
-        if i < 2 or self.pooling != "avg" or not hasattr(self.ops, "relu_conv2d_backward"):
-            return False
-        pool, relu, conv = self.layer_names[i], self.layer_names[i - 1], self.layer_names[i - 2]
-        layer = self.layers[pool]
-        return (pool.startswith("pool") and relu.startswith("relu") and conv.startswith("conv")
-                and relu not in grads and conv not in grads and layer.k == 2 and layer.s == 2)
 
     # --- input convention -------------------------------------------------------
     def _conv_arrays(self):
@@ -368,7 +301,7 @@ def load_vgg(arch="vgg19", weights=None, pooling="avg", device="cpu", keep_class
     convention: the input convention for a mapping (default Caffe: BGR, 0-255, mean
     subtracted); a file carries its own.
     up_to: a layer name (e.g. ``"relu5_1"``): build the net only that deep, and keep no
-    weights past it (VGG-19's conv5_2-conv5_4 are 28 MB that style transfer never uses).
+    weights past it (VGG-19's conv5_2-conv5_4, which style transfer never uses).
     Asking a forward or backward for a deeper layer is then an error.
     """
     conv_specs(arch)  # validates arch

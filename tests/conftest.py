@@ -57,7 +57,7 @@ def rng():
 def isa_levels(names):
     """pytest params for the ISA levels ``names`` (for the ``level`` fixture, with
     ``indirect=True``), those this host lacks skipped with the reason."""
-    from minivgg.cpu import isa
+    from minivgg.cpu.fast import isa
 
     return [pytest.param(n, marks=pytest.mark.skipif(n not in isa.supported(), reason=(
         f"ISA level {n} needs a host that has it; this one's level is {isa.host_level()}"))) for n in names]
@@ -67,7 +67,7 @@ def isa_levels(names):
 def level(request):
     """The test body runs at ISA level ``request.param`` (isa.forced) with our kernel of that
     level for the products (at avx2 too, where numpy's BLAS is the default), BLAS at blas."""
-    from minivgg.cpu import isa
+    from minivgg.cpu.fast import isa
 
     with isa.forced(request.param, gemm=None if request.param == "blas" else "ours"):
         yield request.param

@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from minivgg import arch as vgg_arch
 from minivgg.vgg import layer_names
 
 
@@ -12,17 +13,18 @@ def torch_vgg(arch, params, pooling, keep_classifier=False, dtype=None):
     names = layer_names(arch, keep_classifier)
     mods = []
     for name in names:
-        if name.startswith("conv"):
+        kind = vgg_arch.kind(name)
+        if kind == "conv":
             W, b = params[name]
             m = torch.nn.Conv2d(W.shape[1], W.shape[0], 3, 1, 1)
-        elif name.startswith("fc"):
+        elif kind == "fc":
             W, b = params[name]
             m = torch.nn.Linear(W.shape[1], W.shape[0])
-        elif name.startswith("relu"):
+        elif kind == "relu":
             m = torch.nn.ReLU()
         else:
             m = torch.nn.AvgPool2d(2, 2) if pooling == "avg" else torch.nn.MaxPool2d(2, 2)
-        if name.startswith(("conv", "fc")):
+        if kind in ("conv", "fc"):
             with torch.no_grad():
                 m.weight.copy_(torch.from_numpy(np.asarray(W)))
                 m.bias.copy_(torch.from_numpy(np.asarray(b)))

@@ -192,8 +192,27 @@ def test_info_has_every_method_with_the_cli_defaults(client):
     assert style["style-weight"]["default"] == defaults.style_weight
     assert style["style-layers"]["default"] == ",".join(defaults.style_layers)
     assert style["style-layers"]["kind"] == "layers" and style["content"]["kind"] == "image"
+    assert style["style-mask"]["kind"] == "image" and style["style-mask"]["multiple"]  # uploads, never paths
+    assert style["content-mask"]["kind"] == "image" and style["color-transfer"]["kind"] == "choice"
     assert "out" not in style and "weights" not in style and "device" not in style  # the server's
     assert {o["name"] for o in info["options"]["dream"]} >= {"image", "layer", "octaves", "zoom-steps"}
+
+
+def test_a_masked_style_job_takes_its_mask_as_an_upload(client, tmp_path):
+    """--style-mask in the web lab: an uploaded image, saved by the server under a name
+    of its own, and the job runs to done with it."""
+    mask = np.zeros((32, 32), np.uint8)
+    mask[:, :16] = 255
+    status, st = client.create([("method", "style"), ("content", "sample:chelsea"), ("style", "sample:coffee"),
+                                ("style-mask", ("left.png", png_bytes(mask))), ("size", "32"), ("iters", "2"),
+                                ("color-transfer", "histogram")])
+    assert status == 201, st
+    st = client.wait(st["id"])
+    assert st["state"] == "done", st
+    status, _, body = request(client.url + f"/api/jobs/{st['id']}/files/settings.json")
+    assert status == 200
+    settings = json.loads(body)  # the command's arguments: the mask saved under the server's own name
+    assert settings["style_mask"] == ["style_mask-1.png"] and settings["color_transfer"] == "histogram", settings
 
 
 def test_a_job_runs_to_done_with_its_files(client):
@@ -297,6 +316,10 @@ def test_bad_values_are_refused_with_the_cli_text(client, field, value):
     ([], 400, "no method given"),
     ([("method", "texture"), ("image", "sample:nope")], 400, "unknown sample image 'nope'"),
     ([("method", "texture"), ("image", "/etc/hostname")], 400, "is not an image this server can use"),
+    ([("method", "style"), ("content", "sample:chelsea"), ("style", "sample:coffee"), ("style-mask", "/etc/hostname")],
+     400, "is not an image this server can use"),
+    ([("method", "style"), ("content", "sample:chelsea"), ("style", "sample:coffee"), ("content-mask", "/etc/hostname")],
+     400, "is not an image this server can use"),
     ([("method", "texture"), ("image", "sample:chelsea"), ("out", "/tmp/x.png")], 400, "--out is set by the server"),
     ([("method", "texture"), ("image", "sample:chelsea"), ("weights", "/etc/hostname")], 400, "set by the server"),
     ([("method", "texture"), ("image", "sample:chelsea"), ("layers", "relu1_1,nope")], 400, "unknown layer 'nope'"),

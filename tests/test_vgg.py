@@ -190,9 +190,16 @@ def test_average_pool_backward_folded_into_the_next_conv_is_exact(rng, size):
     x = (rng.standard_normal((1, 3, size, size)) * 50).astype(np.float32)
     f = net.forward(x, GATYS_STYLE)
     g = {l: rng.standard_normal(f[l].shape).astype(np.float32) for l in GATYS_STYLE}
-    assert sum(net._pool_fuses(i, g) for i in range(len(net.layer_names))) == 4
+    from minivgg.backend import CPU_FALLBACKS, Backend
+    from minivgg.layers import ConvReLUAvgPool
+
+    assert sum(isinstance(s, ConvReLUAvgPool) for s in net.plan(GATYS_STYLE).steps) == 4
     folded = net.backward(g)
-    net._pool_fuses = lambda i, grads: False
+    # the same net on a CPU backend without that fusion: the plan keeps the pools apart
+    unfolded = Backend("cpu", np, net.ops.native, CPU_FALLBACKS, ("conv_relu", "relu_conv", "compact_mask"))
+    net.backend, net._plans = unfolded, {}
+    assert not any(isinstance(s, ConvReLUAvgPool) for s in net.plan(GATYS_STYLE).steps)
+    net.forward(x, GATYS_STYLE)
     np.testing.assert_array_equal(folded, net.backward(g))
 
 
@@ -425,7 +432,9 @@ def test_backward_keep_false_frees_caches_as_it_goes(monkeypatch):
             at_full_res.append(tracemalloc.get_traced_memory()[0])
         return inner(dy, *a, **k)
 
-    monkeypatch.setattr(cpu_ops, "relu_conv2d_backward", spy)
+    from minivgg.backend import get_backend
+
+    monkeypatch.setattr(get_backend("cpu").ops, "relu_conv2d_backward", spy)
 
     def run(keep):
         net = load_vgg("vgg16", weights=random_weights("vgg16", seed=0))  # a fresh arena
@@ -464,16 +473,31 @@ def test_fused_conv_keeps_only_its_input_shape():
     x = np.random.default_rng(4).standard_normal((1, 3, 64, 64)).astype(np.float32)
     f = net.forward(x, ["relu2_1"])
     conv = net.layers["conv2_1"]
-    kept = conv._need_cache()[0]
+    plan = net.plan(["relu2_1"])
+    step = plan.steps[plan.index["conv2_1"]]  # the fused conv2_1 + relu2_1
+    kept = step._need_cache()[1][0]
     assert not isinstance(kept, np.ndarray) and kept.shape == (1, 64, 32, 32)
     dx = net.backward({"relu2_1": np.ones_like(f["relu2_1"])})
     assert dx.shape == x.shape and np.isfinite(dx).all()
     net.forward(x, ["relu2_1"])
     with pytest.raises(RuntimeError, match="weight gradients need the input"):
-        conv.backward(np.ones((1, 128, 32, 32), np.float32), param_grads=True)
+        step.backward(np.ones((1, 128, 32, 32), np.float32), param_grads=True)
     g = net.forward(x, ["conv2_1"])  # asked for: not fused, the input kept
     conv.backward(np.ones_like(g["conv2_1"]), param_grads=True)
     assert conv.dW.shape == conv.W.shape and np.abs(conv.dW).max() > 0
+
+
+def _relu_masks(net):
+    """{relu name: dtype of what its step keeps for backward} over the last forward's plan."""
+    from minivgg.layers import ConvReLU, ConvReLUAvgPool, ReLU
+
+    out = {}
+    for step in net._plan.steps:
+        if isinstance(step, ReLU) and step._cache is not None:
+            out[step.name] = step._cache.dtype
+        elif isinstance(step, (ConvReLU, ConvReLUAvgPool)) and step._cache is not None:
+            out[step.relu.name] = step._cache[0].dtype
+    return out
 
 
 def test_relu_outputs_nobody_asked_for_become_byte_masks(monkeypatch):
@@ -481,7 +505,6 @@ def test_relu_outputs_nobody_asked_for_become_byte_masks(monkeypatch):
     ReLU keeps (y > 0) as uint8; every backward takes it as the mask: gradients bit for bit
     those of the float outputs, on the Winograd and im2col paths, fused and not, with either
     pooling."""
-    from minivgg.cpu import ops as cpu_ops
 
     x = np.random.default_rng(5).standard_normal((1, 3, 64, 64)).astype(np.float32) * 50
     for pooling in ("avg", "max"):
@@ -491,9 +514,9 @@ def test_relu_outputs_nobody_asked_for_become_byte_masks(monkeypatch):
             grads = {}
             for compact in (True, False):
                 if not compact:
-                    monkeypatch.setattr(cpu_ops, "compact_mask", lambda y: y)
+                    monkeypatch.setattr(net.ops, "compact_mask", lambda y: y)
                 f = net.forward(x, ["relu1_1", "relu3_1", "relu4_2"])
-                masks = {n: l._cache.dtype for n, l in net.layers.items() if n.startswith("relu") and l._cache is not None}
+                masks = _relu_masks(net)
                 if compact:
                     assert masks["relu1_2"] == masks["relu3_3"] == np.uint8  # read, not asked for
                     assert masks["relu1_1"] == masks["relu3_1"] == np.float32  # asked for

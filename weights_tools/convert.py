@@ -16,28 +16,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from minivgg import arch as varch
 from minivgg import weights as mw
 from minivgg.errors import MiniVGGError
 
 CONVERTER_VERSION = "1.0"
 
-BLOCK_CONVS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
-BLOCK_CHANNELS = (64, 128, 256, 512, 512)
-FC_SPECS = (("fc6", 4096, 512 * 7 * 7), ("fc7", 4096, 4096), ("fc8", 1000, 4096))
+BLOCK_CONVS = varch.BLOCKS
+BLOCK_CHANNELS = varch.WIDTHS
+FC_SPECS = tuple((name, fout, fin) for name, fin, fout in varch.fc_specs())  # (name, out, in)
 CONVENTIONS = {"caffe": mw.CAFFE, "torchvision": mw.TORCHVISION, "matconvnet": mw.MATCONVNET}
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
 def conv_specs(arch):
-    """``[(name, out, in)]`` for the 3x3 convolutions of ``arch``."""
-    specs = []
-    cin = 3
-    for block, (n, c) in enumerate(zip(BLOCK_CONVS[arch], BLOCK_CHANNELS), start=1):
-        for i in range(1, n + 1):
-            specs.append((f"conv{block}_{i}", c, cin))
-            cin = c
-    return specs
+    """``[(name, out, in)]`` for the 3x3 convolutions of ``arch`` (minivgg/arch.py)."""
+    return [(name, cout, cin) for name, cin, cout in varch.conv_specs(arch)]
 
 
 @dataclass
@@ -400,7 +395,7 @@ def _read_matconvnet(path):
 def _read_minivgg(path):
     params, meta = mw.read_weights(path)
     src = Source("minivgg", convention=dict(meta["convention"]), meta=meta)
-    for name in sorted((n for n in params if n.startswith("conv")), key=_conv_order):
+    for name in sorted((n for n in params if varch.kind(n) == "conv"), key=_conv_order):
         src.convs.append((name, *params[name]))
     for name, _, _ in FC_SPECS:
         if name in params:

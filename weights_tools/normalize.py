@@ -30,6 +30,7 @@ import os
 
 import numpy as np
 
+from minivgg import arch as varch
 from minivgg import weights as mw
 from minivgg.errors import MiniVGGError
 
@@ -160,7 +161,7 @@ def resize_shorter(img, size):
 def conv_names(params):
     from .convert import _conv_order
 
-    return sorted((n for n in params if n.startswith("conv")), key=_conv_order)
+    return sorted((n for n in params if varch.kind(n) == "conv"), key=_conv_order)
 
 
 def channel_means(net, images, names):
@@ -247,7 +248,7 @@ def normalize_upward(arch, params, convention, images, pooling="max", device="cp
         return ops.relu_forward(y)
 
     for lname in net.layer_names:
-        if lname.startswith("conv"):
+        if varch.kind(lname) == "conv":
             W0 = rescale_layer(convs, lname, prev, np.ones(convs[lname][0].shape[0]))
             total, count = 0.0, 0
             for h in hs:
@@ -259,7 +260,7 @@ def normalize_upward(arch, params, convention, images, pooling="max", device="cp
             current[lname] = rescale_layer(convs, lname, prev, scale)
             hs = [conv_relu(h, *current[lname]) for h in hs]
             prev = scale
-        elif lname.startswith("pool"):
+        elif varch.kind(lname) == "pool":
             if pooling == "max":
                 hs = [ops.max_pool2d_forward(h, 2, 2)[0] for h in hs]
             else:

@@ -5,7 +5,7 @@ import argparse
 from ..errors import MiniVGGError
 from . import common
 from .args import (
-    MAX_SIDE, MAX_WEIGHT, add_net_options, add_optim_options, add_output_options, bounded_float,
+    MAX_SIDE, MAX_WEIGHT, add_net_options, add_optim_options, add_output_options, bounded_float, bounded_int,
     bounded_float_list, bounded_size_list, layer_weight_list, name_list, optim_options, side_int, weight_float,
 )
 
@@ -75,8 +75,6 @@ def add_parser(sub):
                         "result upsampled (overrides --size)")
     add_net_options(p)
     add_optim_options(p, iters=500)
-    from ..methods.control import add_control_arguments
-
     add_control_arguments(p)
     add_output_options(p, "style.png")
     p.set_defaults(_run=run, _graceful=True)
@@ -84,7 +82,6 @@ def add_parser(sub):
 
 def run(args):
     from ..methods import style_transfer
-    from ..methods.control import control_kwargs
 
     common.check_outputs(args)
     content = common.load_input(args.content)
@@ -105,3 +102,74 @@ def run(args):
         scales=args.scales, optimizer=args.optimizer, iters=args.iters, lr=args.lr, seed=args.seed,
         optim_options=optim_options(args), loss_norm=args.loss_norm, stretch_style=args.stretch_style,
         **control_kwargs(args))
+
+
+# ---- control (Gatys et al. 2017) ------------------------------------------------------
+def add_control_arguments(p):
+    """The style command's control options (Gatys et al. 2017: masks, colour, scale; tiles;
+    gradient normalization); docs/methods.md, "Control"."""
+    from ..methods.control import COLOR_TRANSFERS
+
+    g = p.add_argument_group("control (Gatys et al. 2017)")
+    g.add_argument("--style-mask", nargs="+", metavar="IMG",
+                   help="one mask per --style image (grey or binary image, white = where that style goes, resized to "
+                        "the result); guided Gram matrices per region, each normalized by its mask's mass; where no "
+                        "mask covers, only the content (and TV) act, so the content is kept")
+    g.add_argument("--content-mask", metavar="IMG",
+                   help="weight the content loss per position by this mask (white = keep the content; default: "
+                        "everywhere)")
+    g.add_argument("--color-transfer", choices=COLOR_TRANSFERS, default="none",
+                   help="histogram: match each style image's colour mean and covariance to the content's before the "
+                        "optimization (symmetric eigen / PCA square roots, independent of the channel order); "
+                        "cholesky: the same with Cholesky factors; luminance: optimize on luminance only (styles' "
+                        "luminance matched to the content's mean and std) and put the content's colours back "
+                        "(default none)")
+    g.add_argument("--style-layer-scales", type=_factor_list, metavar="F1,F2,...",
+                   help="one factor per style layer multiplying --style-scale for that layer's target: the two-scale "
+                        "combination, e.g. 1,1,2,2,2 takes the coarse layers from a copy of the style twice as large "
+                        "(larger structures, the same fine texture); default all 1")
+    g.add_argument("--tile", type=bounded_int(32, MAX_SIDE), default=None, metavar="PX",
+                   help="make a result larger than PX in overlapping tiles of PX (a coarse PX run first, every tile "
+                        "pulled to the same style targets, seams blended): the memory of a PX run (default: one run)")
+    g.add_argument("--tile-overlap", type=bounded_int(0, MAX_SIDE), default=32, metavar="PX",
+                   help="pixels each tile shares with its neighbours (default 32)")
+    g.add_argument("--normalize-gradients", action="store_true",
+                   help="divide each content and style term's gradient by its L1 norm before weighting it "
+                        "(neural-style's -normalize_gradients); use with --optimizer adam: the values no longer match "
+                        "the gradient, and L-BFGS stalls (line search) or diverges (without)")
+
+
+def _factor_list(s):
+    try:
+        v = [float(t) for t in s.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {s!r}") from None
+    if not v or not all(0 < f <= 16 for f in v):
+        raise argparse.ArgumentTypeError(f"factors must be in (0, 16]: {s!r}")
+    return v
+
+
+def control_kwargs(args):
+    """style_transfer keyword arguments from the options of add_control_arguments."""
+    kw = {}
+    masks = getattr(args, "style_mask", None)
+    if masks:
+        if len(masks) != len(args.style):
+            raise MiniVGGError(f"--style-mask has {len(masks)} mask(s) for {len(args.style)} style image(s)")
+        kw["masks"] = [common.load_input(m) for m in masks]
+    if getattr(args, "content_mask", None):
+        kw["content_mask"] = common.load_input(args.content_mask)
+    if getattr(args, "color_transfer", "none") != "none":
+        kw["color_transfer"] = args.color_transfer
+    if getattr(args, "style_layer_scales", None):
+        if len(args.style_layer_scales) != len(args.style_layers):
+            raise MiniVGGError(f"--style-layer-scales has {len(args.style_layer_scales)} factor(s) for "
+                               f"{len(args.style_layers)} style layer(s)")
+        kw["style_layer_scales"] = args.style_layer_scales
+    if getattr(args, "tile", None):
+        if args.tile < 32 or not 0 <= args.tile_overlap < args.tile // 2:
+            raise MiniVGGError(f"--tile must be >= 32 and --tile-overlap in 0..{max(0, args.tile // 2 - 1)}")
+        kw["tile"], kw["tile_overlap"] = args.tile, args.tile_overlap
+    if getattr(args, "normalize_gradients", False):
+        kw["normalize_gradients"] = True
+    return kw

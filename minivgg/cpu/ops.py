@@ -1,7 +1,10 @@
 """The CPU backend's ops: the arithmetic behind every layer, on numpy arrays.
 
-Same function names and contract on every backend (see ``minivgg/gpu`` for the CUDA
-twin); the math and its derivation live with the layers in ``minivgg/layers``.
+Same op names, signatures and cache layouts on every backend (``minivgg/backend.py``:
+``OPS``; ``minivgg/gpu/ops.py`` is the CUDA twin; what this module has no code for, the
+losses and the optimizer steps, the CPU Backend takes from the reference and lists in
+``Backend.describe()``). The math, its derivation and the reference code live with the
+layers in ``minivgg/layers``; conv caches are ``(x, W, stride, pad, state)``.
 Convolution: 3x3 stride-1 pad-1 float32 layers with at least ``WINOGRAD_MIN_CHANNELS``
 channels on the side the GEMM sums over, on maps of at least ``WINOGRAD_MIN_TILES`` 4x4
 tiles and ``WINOGRAD_MIN_WORK`` tiles x channels, go through Winograd F(4x4, 3x3)
@@ -199,9 +202,9 @@ def conv2d_backward(dy, cache, param_grads):
 
 
 # Above this many floats of columns per image, im2col's backward goes band by band of
-# output rows (conv1_1 at 512x512: 27 x 262144 columns, 28 MB, and the ReLU-masked
-# gradient they come from, 64 MB): each band's masked gradient and columns (~1 MB) stay
-# in cache, and neither full-size array is made.
+# output rows (conv1_1 at 512x512: 27 x 262144 columns, and the ReLU-masked gradient
+# they come from): each band's masked gradient and columns stay in cache, and neither
+# full-size array is made.
 IM2COL_BAND_ABOVE = 1 << 21
 IM2COL_BAND_FLOATS = 1 << 18
 
@@ -247,7 +250,7 @@ def _im2col_backward_input(dy, W, stride, pad, x_shape, mask=None, extra=None):
 class _InputShape:
     """What a fused conv + ReLU keeps of its input: the shape and dtype its backward to the
     input needs. Keeping the input itself would hold a pool's output (or the image) alive
-    through the pass for nothing: 31 MB at 512x512."""
+    through the pass for nothing."""
 
     __slots__ = ("shape", "dtype")
 
@@ -280,7 +283,7 @@ def relu_conv2d_backward(dy, y, cache, extra=None, pooled=False):
 
     pooled: dy is the gradient at the output of a 2x2 stride-2 average pool of y (VGG's
     pooling after a block's last ReLU); the pool's backward is folded into the same input
-    transform, so its full-size output is never made (peak -65 MB at 512x512)."""
+    transform, so its full-size output is never made."""
     x, W, stride, pad, state = cache
     winograd_ok = dy.dtype == np.float32 and _winograd_applies(x, W, stride, pad, W.shape[0])
     extra_fits = extra is None or (extra.shape == y.shape and extra.dtype == dy.dtype)
@@ -297,7 +300,7 @@ def relu_conv2d_backward(dy, y, cache, extra=None, pooled=False):
 def compact_mask(y):
     """What a ReLU keeps of its output y once the next layer has read it and nobody asked for
     it: (y > 0) as uint8 (a quarter of y), which every backward here takes as the mask
-    (relu1_2 - relu4_4's outputs, 126 MB at 512x512). Anything but a C-contiguous float32
+    (relu1_2 - relu4_4's outputs). Anything but a C-contiguous float32
     y is returned as it is."""
     if isinstance(y, np.ndarray) and y.dtype == np.float32 and y.flags.c_contiguous:
         return fused.relu_mask(y)

@@ -4,22 +4,23 @@ a CPU emulation of the CUDA grid for the ``"emulated"`` device.
 - ``sources.py``: finds the ``.cu`` files; builds the text every compiler gets.
 - ``cuda.py``: ``cupy.RawModule`` per (device, file, defines), memoized.
 - ``emulate.py`` + ``emulate.h``: the same text compiled with g++, called via ctypes.
-- ``ops.py``: :class:`KernelOps`, the backend ops (same names as ``minivgg/cpu/ops.py``).
+- ``ops.py``: :class:`KernelOps`, the device's ops (same names and caches as
+  ``minivgg/cpu/ops.py``; ``minivgg/backend.py`` wraps them in a ``Backend``).
 
 docs/gpu.md lists the kernels and what the emulation does and does not prove.
 """
 
 import threading
 
-from ..backend import check_device
 from ..errors import MiniVGGError
+from .cuda import require_gpu
 
 _lock = threading.Lock()
 _ops = {}
 
 
-def get_ops(kind="gpu", **launch):
-    """The ops object for ``kind`` = ``"gpu"`` (CuPy) or ``"emulated"`` (numpy + emulation).
+def kernel_ops(kind="gpu", **launch):
+    """The kernel ops object (:class:`KernelOps`) for ``kind`` = ``"gpu"`` (CuPy) or ``"emulated"`` (numpy + emulation).
 
     ``launch`` (``threads``, ``max_blocks``, ``reverse``) overrides the launch
     configuration; the default objects are shared.
@@ -27,7 +28,7 @@ def get_ops(kind="gpu", **launch):
     if kind not in ("gpu", "emulated"):
         raise MiniVGGError(f"unknown GPU backend kind {kind!r}; choose gpu or emulated")
     if kind == "gpu":
-        check_device("gpu")  # one clear line when CuPy or a device is missing
+        require_gpu()  # one clear line when CuPy or a device is missing
     from .ops import KernelOps
 
     if launch:
@@ -36,6 +37,9 @@ def get_ops(kind="gpu", **launch):
         if kind not in _ops:
             _ops[kind] = KernelOps(kind)
         return _ops[kind]
+
+
+get_ops = kernel_ops  # the name callers and tests use
 
 
 def benchmark_step(net, x, layers, iters=10):

@@ -7,7 +7,10 @@ its own on-disk cache of compiled binaries across processes.
 
 import threading
 
+from ..errors import MiniVGGError
 from .sources import kernel_source
+
+NO_GPU_MESSAGE = "no CUDA device found; install minivgg[gpu] on a machine with an NVIDIA GPU"
 
 _lock = threading.Lock()
 _modules = {}
@@ -28,3 +31,16 @@ def load_module(name, defines=()):
                 mod.compile()
             _modules[key] = mod
     return mod
+
+
+def require_gpu():
+    """Raise MiniVGGError (one line) unless CuPy and a CUDA device are present."""
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise MiniVGGError(NO_GPU_MESSAGE)
+    except MiniVGGError:
+        raise
+    except Exception:  # ImportError, CUDARuntimeError, missing driver: all mean no GPU
+        raise MiniVGGError(NO_GPU_MESSAGE) from None

@@ -112,7 +112,7 @@ class KernelOps:
         step = max(1, COL_BUDGET // max(1, per_image))
         return [(n, min(N, n + step)) for n in range(0, N, step)]
 
-    def _conv_forward(self, x, W, b, stride, pad, relu):
+    def _conv_forward(self, x, W, b, stride, pad, state, relu):
         xp = self.xp
         N, C, H, Wd = x.shape
         F, _, kh, kw = W.shape
@@ -131,30 +131,30 @@ class KernelOps:
             self.launch(k, y.size, y, self._c(b, dt), np.int64(y.size), np.int32(F), np.int64(P))
         elif relu:
             self.launch(self.kernel("relu", "relu_forward", dt), y.size, y, y, np.int64(y.size))
-        return y.reshape(N, F, Ho, Wo), (x, W, stride, pad)
+        return y.reshape(N, F, Ho, Wo), (x, W, stride, pad, state)
 
     def conv2d_forward(self, x, W, b, stride, pad, state):
         """im2col (kernel) + one GEMM per chunk of images + bias (kernel)."""
-        return self._conv_forward(x, W, b, stride, pad, relu=False)
+        return self._conv_forward(x, W, b, stride, pad, state, relu=False)
 
     def conv2d_relu_forward(self, x, W, b, stride, pad, state, pool_ties=False):
         """conv2d_forward followed by a ReLU, the bias and the ReLU fused in one kernel.
 
-        Returns ``(y, cache)`` with y the ReLU's output; backward is
-        ``conv2d_backward(relu_backward(dy, y), cache, ...)``.
+        Returns ``(y, cache)`` with y the ReLU's output and the conv's cache (x, W, stride,
+        pad, state), as conv2d_forward's; backward is ``relu_conv2d_backward(dy, y, cache)``.
 
         pool_ties: a 2x2 max pool comes next. The outputs that tie, to ``POOL_TIE_BELOW``
         of the image's largest output, for their window's maximum are listed
         (``pool_tie_mark``) and recomputed exactly (``conv3x3_relu_exact``, a double sum),
         so the pool picks the unit an exact computation picks (as on the CPU).
         """
-        y, cache = self._conv_forward(x, W, b, stride, pad, relu=True)
+        y, cache = self._conv_forward(x, W, b, stride, pad, state, relu=True)
         if pool_ties and y.dtype == np.float32 and W.shape[2:] == (3, 3) and stride == 1 and pad == 1:
             self._refine_pool_ties(cache[0], W, b, y)
         return y, cache
 
     def _refine_pool_ties(self, x, W, b, y):
-        from ..cpu.fast.winograd import POOL_TIE_BELOW
+        from ..tolerances import POOL_TIE_BELOW
 
         xp = self.xp
         N, F, H, Wd = y.shape
@@ -173,7 +173,7 @@ class KernelOps:
     def conv2d_backward(self, dy, cache, param_grads):
         """dx = col2im(W2^T @ dy[n]) (GEMM + kernel); dW = sum_n dy[n] @ im2col(x[n])^T; db = dy @ 1."""
         xp = self.xp
-        x, W, stride, pad = cache
+        x, W, stride, pad, _state = cache
         N, C, H, Wd = x.shape
         F, _, kh, kw = W.shape
         Ho, Wo = _out_size(H, kh, stride, pad), _out_size(Wd, kw, stride, pad)
@@ -207,7 +207,10 @@ class KernelOps:
         self.launch(self.kernel("relu", "relu_forward", x.dtype), x.size, x, y, np.int64(x.size))
         return y
 
-    def relu_backward(self, dy, y):
+    def relu_backward(self, dy, y, extra=None):
+        """dy * (y > 0), or (dy + extra) * (y > 0)."""
+        if extra is not None:
+            dy = dy + extra
         self._same_shape("relu_backward", dy, y)
         y = self._c(y, y.dtype)
         dy = self._c(dy, y.dtype)
@@ -335,6 +338,13 @@ class KernelOps:
         self.launch(self.kernel("losses", "style_grad_mask", dt), dF.size,
                     dF, Fc, self._real(dt, scale), np.int32(bool(mask)), np.int64(dF.size))
         return value, dF.reshape(F.shape)
+
+    def style_loss_deferred(self, F, A, weight=1.0):
+        """style_loss with the gradient scaled by ``weight``, made now (the GPU has no
+        deferred GEMM into the gradient from above)."""
+        value, dF = self.style_loss(F, A)
+        dF *= weight
+        return value, dF
 
     def total_variation(self, x, beta=2.0):
         """TV^beta over the pixels with a right and a lower neighbour, and its gradient."""

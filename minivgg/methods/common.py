@@ -28,7 +28,6 @@ import time
 
 import numpy as np
 
-from .. import losses
 from ..backend import get_array_module
 from ..errors import MiniVGGError
 from ..image import check_memory
@@ -140,13 +139,9 @@ class Objective:
                 dF *= self.cw * k  # the losses' gradients are fresh arrays: scaled in place
                 _add(grads, name, dF)
             ls = 0.0
-            deferred = getattr(self.L, "style_loss_deferred", None)
             for name, (A, w) in self.style.items():
-                if deferred is not None:  # made when the backward reaches the layer
-                    v, dF = deferred(feats[name], A, self.sw * w)
-                else:
-                    v, dF = self.L.style_loss(feats[name], A)
-                    dF *= self.sw * w
+                # the reference makes the gradient when the backward reaches the layer
+                v, dF = self.L.style_loss_deferred(feats[name], A, self.sw * w)
                 ls += w * v
                 _add(grads, name, dF)
             act = 0.0
@@ -186,12 +181,9 @@ class Objective:
 
 
 def _loss_ops(net):
-    """Where the losses come from: the net's backend when it has them as kernels (gpu,
-    emulated), else ``minivgg.losses`` (same definitions, same contracts)."""
-    ops = getattr(net, "ops", None)
-    if all(hasattr(ops, fn) for fn in ("content_loss", "style_loss", "total_variation", "alpha_norm")):
-        return ops
-    return losses
+    """Where the losses come from: the net's backend (its kernels on gpu and emulated;
+    ``minivgg.losses``, the reference, where the backend declares that: minivgg/backend.py)."""
+    return net.backend.ops
 
 
 def _add(grads, name, g):
@@ -299,7 +291,8 @@ def run_optimizer(objective, x0, *, optimizer="lbfgs", iters=100, lr=None, optim
         else:
             lr = default_lr(net, optimizer)
     opt = make_optimizer(optimizer, lr=lr, **options)
-    opt.ops = getattr(net, "ops", None)  # update steps as kernels where the backend has them
+    if net is not None:
+        opt.ops = net.backend.ops  # the update steps: the backend's kernels, or the reference
 
     def on_row(rec):
         row = {"iter": first_row + rec["iter"], "total": rec["loss"]}

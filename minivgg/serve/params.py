@@ -24,7 +24,7 @@ from ..errors import MiniVGGError
 
 METHODS = ("style", "texture", "invert", "dream", "visualize", "atlas")
 # options that take an image: an upload, sample:NAME, or (init) one of the CLI's keywords
-IMAGE_DESTS = ("content", "style", "image", "init")
+IMAGE_DESTS = ("content", "style", "image", "init", "style_mask", "content_mask")
 INIT_KEYWORDS = ("noise", "content", "style")
 # options that take layer names
 LAYER_DESTS = ("layer", "layers", "content_layers", "style_layers")

@@ -52,6 +52,7 @@ import numpy as np
 from numba import njit
 from numpy.lib.stride_tricks import as_strided
 
+from ...tolerances import POOL_TIE_BELOW
 from . import arena, gemm
 
 # ---------------------------------------------------------------- the transform matrices
@@ -256,7 +257,7 @@ _NO_CAND = np.empty((0, 3), np.int32)
 # gradient at random; one such flip in pool1 moved a 224x224 input gradient by 1e-2. So
 # before a max pool the windows whose largest values lie within POOL_TIE_BELOW of the
 # layer's largest output are recomputed directly in float64 (a few dozen per layer).
-POOL_TIE_BELOW = np.float32(3e-5)
+# The tolerance is shared with the GPU path (minivgg/tolerances.py).
 TIE_CANDIDATES = 1 << 12  # per thread and image; more are left as they are (never seen)
 
 
