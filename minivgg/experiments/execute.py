@@ -307,3 +307,16 @@ def progress_bar(total, initial=0, desc="runs", quiet=False, unit="run"):
 
     update.close = bar.close
     return update
+
+
+def guarded(fn, args):
+    """``fn(args)`` with the commands' error boundary: a MiniVGGError is one line and exit 2,
+    Ctrl-C exit 130 (for ``python -m minivgg.experiments.atlas`` / ``.sweep``)."""
+    try:
+        return fn(args)
+    except MiniVGGError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

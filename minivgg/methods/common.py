@@ -90,6 +90,16 @@ def deepest(net, layers):
     return max(layers, key=net.layer_names.index)
 
 
+def tv_term(total_variation, net, x, beta, loss_norm):
+    """TV_beta(x) and its gradient; with loss_norm "mean" divided by H W s^beta (s the
+    input scale), so that the weight means the same at every size and convention."""
+    v, g = total_variation(x, beta)
+    if loss_norm == "mean":
+        k = 1.0 / (x.shape[2] * x.shape[3] * input_scale(net) ** beta)
+        v, g = v * k, g * k
+    return v, g
+
+
 class Objective:
     """f(x) -> (total, grad, info) for the optimizers; see the module docstring.
 
@@ -163,10 +173,7 @@ class Objective:
             grad = xp.zeros_like(x)
         total = self.cw * info.get("content", 0.0) + self.sw * info.get("style", 0.0) - self.actw * info.get("activation", 0.0)
         if self.tvw:
-            v, g = self.L.total_variation(x, self.tv_beta)
-            if self.loss_norm == "mean":
-                k = 1.0 / (x.shape[2] * x.shape[3] * input_scale(self.net) ** self.tv_beta)
-                v, g = v * k, g * k
+            v, g = tv_term(self.L.total_variation, self.net, x, self.tv_beta, self.loss_norm)
             info["tv"] = v
             total += self.tvw * v
             grad = grad + g * self.tvw

@@ -36,7 +36,7 @@ import numpy as np
 from .. import losses
 from ..backend import get_array_module, to_host
 from ..errors import MiniVGGError
-from .common import input_scale
+from .common import tv_term
 
 NORMALIZE_EPS = 1e-8
 
@@ -185,10 +185,7 @@ class ControlObjective:
         total = self.cw * lc + self.sw * ls
         info["tv"] = 0.0
         if self.tvw:
-            v, g = losses.total_variation(x, self.tv_beta)
-            if self.loss_norm == "mean":
-                k = 1.0 / (x.shape[2] * x.shape[3] * input_scale(self.net) ** self.tv_beta)
-                v, g = v * k, g * k
+            v, g = tv_term(losses.total_variation, self.net, x, self.tv_beta, self.loss_norm)
             info["tv"] = v
             total += self.tvw * v
             grad = grad + g * self.tvw
