@@ -41,6 +41,7 @@ class ServerProcess:
                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         line = self._first_line(60)
         assert line.startswith("minivgg serve: http://127.0.0.1:"), line
+        self.first_line = line
         self.url = line.split()[2].rstrip("/")
 
     def _first_line(self, timeout):
@@ -441,6 +442,33 @@ def test_jobs_are_listed_again_after_a_restart(tmp_path):
         assert again["state"] == "done" and again["rows"] == 2 and "result.png" in again["files"]
     finally:
         srv.stop()
+
+
+def test_a_server_on_vgg16_weights_defaults_to_vgg16(tmp_path):
+    """With --weights holding VGG-16, the page's default arch is vgg16 (as the CLI's without
+    --arch), the other arch says it has no weights here, the startup line names only the
+    file's network, and a job asking for vgg19 is refused at once with the reason."""
+    from minivgg.vgg import random_weights
+    from minivgg.weights import CAFFE, write_weights
+
+    weights = str(tmp_path / "vgg16-test.h5")
+    write_weights(weights, random_weights("vgg16", seed=1), {"arch": "vgg16", "source_format": "test",
+                                                             "convention": CAFFE})
+    srv = ServerProcess(tmp_path / "jobs", "--weights", weights)
+    try:
+        assert f"weights: vgg16 {weights};" in srv.first_line and "vgg19" not in srv.first_line, srv.first_line
+        c = Client(srv.url)
+        _, info = c.get_json("/api/info")
+        assert info["default_arch"] == "vgg16"
+        assert info["archs"]["vgg16"]["weights"] == weights
+        assert info["archs"]["vgg19"]["weights"] is None and "hold vgg16" in info["archs"]["vgg19"]["note"]
+        status, body = c.create(texture(iters=1, arch="vgg19"))
+        assert status == 400 and "hold vgg16" in body["error"], body
+        status, st = c.create(texture(iters=1))
+        assert status == 201, st
+        assert c.wait(st["id"])["state"] == "done"
+    finally:
+        assert srv.stop() == 0
 
 
 def test_the_page_is_served(client):

@@ -76,10 +76,24 @@ def _static(name):
 
 
 def weights_in_use(arch, weights):
-    """{"arch", "source": the file or "random"} for jobs of ``arch`` on this server."""
+    """{"arch", "source": the file or "random"} for jobs of ``arch`` on this server;
+    source None (and a "note") when the server's --weights hold the other network, so
+    that jobs of ``arch`` cannot run here."""
     from ..experiments.execute import weights_source
+    from ..weights import file_arch
 
+    held = file_arch(weights) if weights else None
+    if held is not None and held != arch:
+        return {"arch": arch, "source": None, "note": f"the server's weights ({weights}) hold {held}, not {arch}"}
     return {"arch": arch, "source": weights_source(arch, weights)}
+
+
+def archs_in_use(weights):
+    """{arch: weights_in_use(arch, weights)} and the arch a job gets when it names none
+    (minivgg.weights.arch_for: the server's weights file's, else the cached weights')."""
+    from ..weights import arch_for
+
+    return {a: weights_in_use(a, weights) for a in ("vgg16", "vgg19")}, arch_for(weights)
 
 
 def create_app(settings):
@@ -107,11 +121,13 @@ def create_app(settings):
         from .. import __version__
         from ..vgg import layer_names
 
+        archs, default_arch = archs_in_use(settings.weights)
         return _JSON({
             "version": __version__, "device": settings.device, "methods": list(P.METHODS),
             "options": {m: P.describe(m) for m in P.METHODS},
-            "archs": {a: {"layers": layer_names(a), "weights": weights_in_use(a, settings.weights)["source"]}
-                      for a in ("vgg16", "vgg19")},
+            "archs": {a: {"layers": layer_names(a), "weights": w["source"], "note": w.get("note")}
+                      for a, w in archs.items()},
+            "default_arch": default_arch,
             "samples": P.sample_names(),
             "limits": {"max_upload_bytes": settings.max_upload, "max_pixels": settings.max_pixels,
                        "max_size": settings.max_size, "max_queue": settings.max_queue},
@@ -299,6 +315,10 @@ def _create_job(queue, settings, fields):
     if longest is not None and longest > settings.max_size:
         raise P.ParamError(f"the image is {longest} px on its longest side, over this server's largest size "
                            f"{settings.max_size} (minivgg serve --max-size); give --size")
+    in_use = weights_in_use(spec.args.arch, settings.weights)
+    if in_use["source"] is None:  # the command would refuse it after the queue: say so now
+        raise P.ParamError(f"--arch {spec.args.arch}: {in_use['note']}; leave --arch out or give --arch "
+                           f"{'vgg16' if spec.args.arch == 'vgg19' else 'vgg19'}")
     server_argv = P.server_argv(spec.method, settings.weights, settings.device)
     job_id = queue.new_id()
     folder = os.path.join(queue.out, job_id)
@@ -307,13 +327,13 @@ def _create_job(queue, settings, fields):
         save_image(os.path.join(folder, name), img)
     command = spec.command_line(server_argv)
     settings_json = {k: v for k, v in vars(spec.args).items() if not k.startswith("_")}
-    settings_json.update(method=spec.method, weights_in_use=weights_in_use(spec.args.arch, settings.weights))
+    settings_json.update(method=spec.method, weights_in_use=in_use)
     from .jobs import _write_json
 
     _write_json(os.path.join(folder, "settings.json"), settings_json)
     with open(os.path.join(folder, "command.txt"), "w") as f:
         f.write(f"# in {folder}\n{command}\n")
-    job = Job(job_id, folder, spec.method, command, weights_in_use(spec.args.arch, settings.weights)["source"],
+    job = Job(job_id, folder, spec.method, command, in_use["source"],
               settings.device, P.expected_rows(spec))
     queue.submit(job, {"method": spec.method, "argv": spec.argv + server_argv})
     return queue.status(job)
@@ -361,9 +381,11 @@ def serve(args):
         sys.stderr.write(f"minivgg serve: warning: listening on {args.host}, not only this machine: anyone who can "
                          f"reach it can run jobs and read every result (there is no login)\n")
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    w = {a: weights_in_use(a, args.weights)["source"] for a in ("vgg19", "vgg16")}
-    print(f"minivgg serve: http://{shown}:{port}/  (device {args.device}; weights: vgg19 {w['vgg19']}, vgg16 "
-          f"{w['vgg16']}; jobs in {os.path.abspath(args.out)}; Ctrl-C to stop)", flush=True)
+    archs, default_arch = archs_in_use(args.weights)
+    w = ", ".join(f"{a} {archs[a]['source']}" for a in sorted(archs, key=lambda a: a != default_arch)
+                  if archs[a]["source"] is not None)
+    print(f"minivgg serve: http://{shown}:{port}/  (device {args.device}; weights: {w}; jobs in "
+          f"{os.path.abspath(args.out)}; Ctrl-C to stop)", flush=True)
     # a page left open keeps polling: on Ctrl-C its connections get a few seconds, not forever
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=3)
     server = uvicorn.Server(config)

@@ -36,14 +36,17 @@ function defaultHint(opt) {
 }
 
 function layerNames() { return INFO.archs[archValue()].layers; }
-function archValue() { const a = document.querySelector('[data-opt="arch"]'); return a ? a.value : "vgg19"; }
+// the form starts on the arch the server's weights hold (INFO.default_arch), as the CLI does without --arch
+function archValue() { const a = document.querySelector('[data-opt="arch"]'); return a && a.value ? a.value : INFO.default_arch; }
 
 function showWeights() {
   const arch = archValue();
   const src = INFO.archs[arch].weights;
   const w = $("weights");
-  w.textContent = `weights in use: ${arch}, ${src === "random" ? "random (no pretrained file found)" : src}`;
-  w.classList.toggle("random", src === "random");
+  const what = src === null ? `none: ${INFO.archs[arch].note} (choose arch ${INFO.default_arch})`
+    : src === "random" ? "random (no pretrained file found)" : src;
+  w.textContent = `weights in use: ${arch}, ${what}`;
+  w.classList.toggle("random", src === "random" || src === null);
 }
 
 function imagePicker(opt) {
