@@ -147,16 +147,10 @@ def plan(args):
 
 
 def _layers(text, arch, option):
-    from ..vgg import layer_names
-
     names = [n.strip() for n in str(text).split(",") if n.strip()]
     if not names:
         raise MiniVGGError(f"{option}: no layers given")
-    valid = layer_names(arch)
-    bad = [n for n in names if n not in valid]
-    if bad:
-        raise MiniVGGError(f"{option}: unknown layer {', '.join(map(repr, bad))} for {arch}; valid layers: "
-                           f"{', '.join(valid)}")
+    params.check_layer_names(names, arch, option)
     return tuple(names)
 
 

@@ -101,11 +101,7 @@ def parse_value(method, name, value, arch=None):
             raise MiniVGGError(f"{what}: expected layer names like relu1_1+relu2_1, got {value!r}")
         if not names:
             raise MiniVGGError(f"{what}: empty layer set")
-        valid = _valid_layers(arch)
-        bad = [n for n in names if n not in valid]
-        if bad:
-            raise MiniVGGError(f"{what}: unknown layer {', '.join(map(repr, bad))}"
-                               f"{' for ' + arch if arch else ''}; valid layers: {', '.join(valid)}")
+        check_layer_names(names, arch, what)
         if kind == "layer" and method == "dream" and len(names) != 1:
             raise MiniVGGError(f"{what}: dream takes one layer, got {'+'.join(names)}")
         return tuple(names)
@@ -144,6 +140,16 @@ def parse_value(method, name, value, arch=None):
     if not ok:
         raise MiniVGGError(f"{what}: must be {op} {bound:g}, got {v:g}")
     return v
+
+
+def check_layer_names(names, arch, what):
+    """MiniVGGError naming ``what``, the unknown names and the valid ones, unless every
+    name is a layer of ``arch`` (None: of VGG-19 or VGG-16)."""
+    valid = _valid_layers(arch)
+    bad = [n for n in names if n not in valid]
+    if bad:
+        raise MiniVGGError(f"{what}: unknown layer {', '.join(map(repr, bad))}"
+                           f"{' for ' + arch if arch else ''}; valid layers: {', '.join(valid)}")
 
 
 def _valid_layers(arch):

@@ -121,8 +121,8 @@ def masked_content_loss(F, P, c=None):
     d = F - P
     if c is not None:
         shape = (1,) * (F.ndim - 2) + F.shape[-2:]
-        d = d * xp.asarray(c, dtype=F.dtype).reshape(shape)
-        return 0.5 * float(((F - P).astype("float64") * d.astype("float64")).sum()), d
+        dc = d * xp.asarray(c, dtype=F.dtype).reshape(shape)
+        return 0.5 * float((d.astype("float64") * dc.astype("float64")).sum()), dc
     return 0.5 * float((d.astype("float64") ** 2).sum()), d
 
 
